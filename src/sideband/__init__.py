@@ -1,0 +1,90 @@
+"""sideband: fast, safe out-of-band communication between Ray actors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sideband import guard
+from sideband.collective.group import (
+    Group,
+    GroupHandle,
+    create_group,
+    destroy_group,
+    get_group,
+    init_group,
+    list_groups,
+)
+from sideband.collective.types import ReduceOp
+from sideband.collective.work import Work
+from sideband.errors import (
+    BackendUnavailableError,
+    CollectiveError,
+    CollectiveTimeoutError,
+    EndpointError,
+    EndpointNotFoundError,
+    EndpointStartError,
+    GangError,
+    GangSetupError,
+    GroupBrokenError,
+    GroupNotFoundError,
+    InvalidArgumentError,
+    MismatchError,
+    MissingExtraError,
+    OutOfBandRefError,
+    PeerLostError,
+    RendezvousError,
+    SidebandError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "CollectiveError",
+    "CollectiveTimeoutError",
+    "EndpointError",
+    "EndpointNotFoundError",
+    "EndpointStartError",
+    "Gang",
+    "GangError",
+    "GangSetupError",
+    "Group",
+    "GroupBrokenError",
+    "GroupHandle",
+    "GroupNotFoundError",
+    "InvalidArgumentError",
+    "MismatchError",
+    "MissingExtraError",
+    "OutOfBandRefError",
+    "PeerLostError",
+    "ReduceOp",
+    "RendezvousError",
+    "SidebandError",
+    "Work",
+    "create_group",
+    "destroy_group",
+    "endpoints",
+    "gang",
+    "get_group",
+    "grpc",
+    "guard",
+    "http",
+    "init_group",
+    "list_groups",
+]
+
+# Endpoints and gangs are imported on first use: they pull in aiohttp / grpcio / placement groups,
+# which collective users should not pay for at import time.
+_LAZY_MODULES = {"http": "sideband.http", "grpc": "sideband.grpc", "gang": "sideband.gang"}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(_LAZY_MODULES[name])
+    if name == "Gang":
+        return importlib.import_module("sideband.gang").Gang
+    if name == "endpoints":
+        return importlib.import_module("sideband.endpoint.registry").list_endpoints
+    raise AttributeError(f"module 'sideband' has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""One exception tree for everything sideband raises.
+
+Every public error derives from :class:`SidebandError`. Where ``ray.util.collective``'s callers
+catch a builtin type (``ValueError`` for a bad rank, ``RuntimeError`` for a failed op), the
+matching sideband error derives from that builtin too, so code switched by one import line keeps
+catching what it caught before.
+"""
+
+from __future__ import annotations
+
+
+class SidebandError(Exception):
+    """Base class of every error sideband raises."""
+
+
+class InvalidArgumentError(SidebandError, ValueError):
+    """An argument is wrong on the calling rank (rank, world size, dtype, shape, name...)."""
+
+
+class MissingExtraError(SidebandError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+# --- collectives -------------------------------------------------------------------------------
+
+
+class CollectiveError(SidebandError, RuntimeError):
+    """A collective or point-to-point operation failed."""
+
+
+class GroupNotFoundError(CollectiveError, ValueError):
+    """No group of that name exists in this process (never created, or destroyed)."""
+
+
+class GroupBrokenError(CollectiveError):
+    """The group failed earlier (timeout, lost peer, mismatch); destroy it and create a new one."""
+
+
+class RendezvousError(CollectiveError):
+    """Members could not find or connect to each other while a group was being formed."""
+
+
+class CollectiveTimeoutError(CollectiveError, TimeoutError):
+    """An operation did not complete within its deadline."""
+
+
+class PeerLostError(CollectiveError):
+    """A member of the group died or disconnected."""
+
+
+class MismatchError(CollectiveError):
+    """Ranks called different operations, or the same one with different sizes, dtypes or roots."""
+
+
+class BackendUnavailableError(CollectiveError):
+    """The requested backend cannot run here (missing library, no GPU...)."""
+
+
+class OutOfBandRefError(SidebandError, TypeError):
+    """A ``ray.ObjectRef`` was about to be sent out of band, where Ray cannot count references."""
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+class EndpointError(SidebandError):
+    """An actor endpoint (HTTP or gRPC server) failed."""
+
+
+class EndpointStartError(EndpointError):
+    """An endpoint's server could not start (port taken, bad host, missing auth...)."""
+
+
+class EndpointNotFoundError(EndpointError, LookupError):
+    """No live endpoint exists for that actor or name."""
+
+
+# --- gangs -------------------------------------------------------------------------------------
+
+
+class GangError(SidebandError, RuntimeError):
+    """A gang member died, its function raised, or the gang could not be set up."""
+
+
+class GangSetupError(GangError):
+    """A gang could not be placed or its library could not be initialised."""
