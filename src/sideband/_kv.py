@@ -55,12 +55,11 @@ def items(prefix: str) -> dict[str, Any]:
 
 
 def actor_alive(actor_id: str) -> bool:
-    """Whether the actor with this hex id is alive (or restarting), per the GCS."""
-    from ray.util.state import get_actor
+    """Whether the actor with this hex id is alive, restarting or pending, per the GCS."""
+    from ray._private import state
 
     try:
-        info = get_actor(actor_id, timeout=10)
+        info = state.actors(actor_id)
     except Exception:
-        # The state API needs the dashboard; without it, assume alive rather than prune wrongly.
-        return True
-    return info is not None and info.state not in ("DEAD",)
+        return True  # cannot tell: never prune on doubt
+    return bool(info) and info.get("State") != "DEAD"

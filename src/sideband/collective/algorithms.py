@@ -1,0 +1,327 @@
+"""Collective algorithms, written once against :class:`~sideband.collective.comm.Comm`.
+
+Every function takes an :class:`Op` (the calling rank's view of one operation: its comm, tag,
+descriptor and scratch space) and flat, C-contiguous numpy arrays that ``ops.py`` validated.
+Small messages use direct exchanges (one round, latency-bound); large ones use rings and chains
+cut into pieces that stay in cache. Reductions always combine contributions in the same order on
+every rank, so all ranks end with bitwise-identical results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sideband import guard
+from sideband.collective.comm import KIND_COLL, Comm
+
+Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc = acc (op) other
+
+SMALL_BYTES = 64 * 1024
+PIECE_BYTES = 1 << 20
+
+
+class Op:
+    """One rank's context for one collective operation."""
+
+    __slots__ = ("comm", "tag", "desc", "rank", "n", "scratch")
+
+    def __init__(self, comm: Comm, tag: int, desc: int, scratch: Callable[[str, int], np.ndarray]):
+        self.comm = comm
+        self.tag = tag
+        self.desc = desc
+        self.rank = comm.rank
+        self.n = comm.world_size
+        self.scratch = scratch
+
+    def exchange(self, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]]) -> list[memoryview]:
+        return self.comm.exchange(
+            [(p, _bytes(v)) for p, v in sends],
+            [(p, None if v is None else _bytes(v)) for p, v in recvs],
+            KIND_COLL,
+            self.tag,
+            self.desc,
+        )
+
+
+def _bytes(a: Any) -> memoryview:
+    if isinstance(a, np.ndarray):
+        return memoryview(a.reshape(-1).view(np.uint8))
+    return memoryview(a).cast("B")
+
+
+def _bounds(size: int, parts: int) -> list[tuple[int, int]]:
+    return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
+
+
+def _pieces(lo: int, hi: int, per: int) -> list[tuple[int, int]]:
+    return [(a, min(a + per, hi)) for a in range(lo, hi, per)] or [(lo, hi)]
+
+
+# --- allreduce ---------------------------------------------------------------------------------
+
+
+def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
+    if op.n == 1:
+        return
+    if x.nbytes <= SMALL_BYTES or x.size < op.n:
+        _allreduce_direct(op, x, reduce)
+    else:
+        _reduce_scatter_ring_inplace(op, x, reduce)
+        _allgather_ring_segments(op, x)
+
+
+def _allreduce_direct(op: Op, x: np.ndarray, reduce: Reducer) -> None:
+    r, n = op.rank, op.n
+    others = [p for p in range(n) if p != r]
+    tmp = op.scratch("direct", x.nbytes * n).view(x.dtype)[: x.size * n].reshape(n, x.size)
+    op.exchange([(p, x) for p in others], [(p, tmp[p]) for p in others])
+    tmp[r] = x
+    # Rank order everywhere: every rank computes the same bits.
+    for p in range(1, n):
+        reduce(tmp[0], tmp[p])
+    x[...] = tmp[0]
+
+
+def _reduce_scatter_ring_inplace(op: Op, x: np.ndarray, reduce: Reducer) -> None:
+    """Ring reduce-scatter in ``x``: rank r ends holding the reduced segment (r + 1) % n."""
+    r, n = op.rank, op.n
+    right, left = (r + 1) % n, (r - 1) % n
+    seg = _bounds(x.size, n)
+    per = max(1, PIECE_BYTES // x.itemsize)
+    tmp = op.scratch("piece", per * x.itemsize).view(x.dtype)
+    for s in range(n - 1):
+        sseg, rseg = seg[(r - s) % n], seg[(r - s - 1) % n]
+        sp, rp = _pieces(*sseg, per), _pieces(*rseg, per)
+        for j in range(max(len(sp), len(rp))):
+            sends = [(right, x[sp[j][0] : sp[j][1]])] if j < len(sp) else []
+            recvs = []
+            if j < len(rp):
+                a, b = rp[j]
+                recvs = [(left, tmp[: b - a])]
+            op.exchange(sends, recvs)
+            if recvs:
+                reduce(x[a:b], tmp[: b - a])
+
+
+def _allgather_ring_segments(op: Op, x: np.ndarray) -> None:
+    """Ring allgather of segments: rank r starts holding segment (r + 1) % n."""
+    r, n = op.rank, op.n
+    right, left = (r + 1) % n, (r - 1) % n
+    seg = _bounds(x.size, n)
+    for s in range(n - 1):
+        sa, sb = seg[(r + 1 - s) % n]
+        ra, rb = seg[(r - s) % n]
+        op.exchange([(right, x[sa:sb])], [(left, x[ra:rb])])
+
+
+# --- reduce ------------------------------------------------------------------------------------
+
+
+def reduce(op: Op, x: np.ndarray, root: int, reduce_fn: Reducer) -> None:
+    r, n = op.rank, op.n
+    if n == 1:
+        return
+    if x.nbytes <= SMALL_BYTES or x.size < n:
+        if r != root:
+            op.exchange([(root, x)], [])
+            return
+        others = [p for p in range(n) if p != root]
+        tmp = op.scratch("direct", x.nbytes * n).view(x.dtype)[: x.size * n].reshape(n, x.size)
+        op.exchange([], [(p, tmp[p]) for p in others])
+        tmp[root] = x
+        for p in range(1, n):
+            reduce_fn(tmp[0], tmp[p])
+        x[...] = tmp[0]
+        return
+    # Non-roots keep their input intact: they reduce in scratch.
+    work = x if r == root else op.scratch("work", x.nbytes).view(x.dtype)[: x.size]
+    if r != root:
+        work[...] = x
+    _reduce_scatter_ring_inplace(op, work, reduce_fn)
+    seg = _bounds(x.size, n)
+    if r == root:
+        recvs = []
+        for p in range(n):
+            if p != root:
+                a, b = seg[(p + 1) % n]
+                recvs.append((p, x[a:b]))
+        op.exchange([], recvs)
+    else:
+        a, b = seg[(r + 1) % n]
+        op.exchange([(root, work[a:b])], [])
+
+
+# --- broadcast ---------------------------------------------------------------------------------
+
+
+def broadcast(op: Op, x: np.ndarray, root: int) -> None:
+    r, n = op.rank, op.n
+    if n == 1:
+        return
+    if x.nbytes <= 4 * SMALL_BYTES or n == 2:
+        if r == root:
+            op.exchange([(p, x) for p in range(n) if p != root], [])
+        else:
+            op.exchange([], [(root, x)])
+        return
+    # Pipelined chain root -> root+1 -> ...: each rank forwards piece j-1 while receiving piece j.
+    order = [(root + i) % n for i in range(n)]
+    pos = order.index(r)
+    prev = order[pos - 1] if pos > 0 else None
+    nxt = order[pos + 1] if pos < n - 1 else None
+    flat = x.reshape(-1).view(np.uint8)
+    pieces = _pieces(0, flat.size, PIECE_BYTES)
+    for j in range(len(pieces) + 1):
+        sends = []
+        if nxt is not None and j >= (0 if prev is None else 1):
+            k = j if prev is None else j - 1
+            if k < len(pieces):
+                sends = [(nxt, flat[pieces[k][0] : pieces[k][1]])]
+        recvs = []
+        if prev is not None and j < len(pieces):
+            recvs = [(prev, flat[pieces[j][0] : pieces[j][1]])]
+        if sends or recvs:
+            op.exchange(sends, recvs)
+
+
+# --- gathers -----------------------------------------------------------------------------------
+
+
+def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
+    """``out`` is (n, x.size); row r of every rank receives rank r's x."""
+    r, n = op.rank, op.n
+    out[r] = x
+    if n == 1:
+        return
+    if out.nbytes <= 4 * SMALL_BYTES:
+        others = [p for p in range(n) if p != r]
+        op.exchange([(p, x) for p in others], [(p, out[p]) for p in others])
+        return
+    right, left = (r + 1) % n, (r - 1) % n
+    for s in range(n - 1):
+        op.exchange([(right, out[(r - s) % n])], [(left, out[(r - s - 1) % n])])
+
+
+def gather(op: Op, x: np.ndarray, root: int, out: np.ndarray | None) -> None:
+    r, n = op.rank, op.n
+    if r != root:
+        op.exchange([(root, x)], [])
+        return
+    assert out is not None
+    out[r] = x
+    op.exchange([], [(p, out[p]) for p in range(n) if p != root])
+
+
+def scatter(op: Op, x: np.ndarray | None, root: int, out: np.ndarray) -> None:
+    """Root sends row p of ``x`` (n, chunk) to rank p; ``out`` receives this rank's row."""
+    r, n = op.rank, op.n
+    if r == root:
+        assert x is not None
+        out[...] = x[r]
+        op.exchange([(p, x[p]) for p in range(n) if p != root], [])
+    else:
+        op.exchange([], [(root, out)])
+
+
+def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -> None:
+    """``x`` is (n, chunk); rank r's ``out`` receives the reduction of every rank's row r."""
+    r, n = op.rank, op.n
+    if n == 1:
+        out[...] = x[0]
+        return
+    if x.nbytes <= SMALL_BYTES:
+        others = [p for p in range(n) if p != r]
+        tmp = op.scratch("direct", out.nbytes * n).view(x.dtype)[: out.size * n].reshape(n, out.size)
+        op.exchange([(p, x[p]) for p in others], [(p, tmp[p]) for p in others])
+        tmp[r] = x[r]
+        for p in range(1, n):
+            reduce_fn(tmp[0], tmp[p])
+        out[...] = tmp[0]
+        return
+    right, left = (r + 1) % n, (r - 1) % n
+    acc = op.scratch("acc", out.nbytes).view(x.dtype)[: out.size]
+    tmp = op.scratch("tmp", out.nbytes).view(x.dtype)[: out.size]
+    for s in range(n - 1):
+        send = x[(r - s - 1) % n] if s == 0 else acc
+        op.exchange([(right, send)], [(left, tmp)])
+        acc[...] = x[(r - s - 2) % n]
+        reduce_fn(acc, tmp)
+    out[...] = acc
+
+
+def alltoall(op: Op, x: np.ndarray, out: np.ndarray) -> None:
+    """``x`` and ``out`` are (n, chunk): row p of x goes to rank p, row p of out comes from p."""
+    r, n = op.rank, op.n
+    out[r] = x[r]
+    others = [p for p in range(n) if p != r]
+    if others:
+        op.exchange([(p, x[p]) for p in others], [(p, out[p]) for p in others])
+
+
+def barrier(op: Op) -> None:
+    r, n = op.rank, op.n
+    if n == 1:
+        return
+    empty = np.empty(0, np.uint8)
+    if n <= 16:
+        others = [p for p in range(n) if p != r]
+        op.exchange([(p, empty) for p in others], [(p, empty) for p in others])
+        return
+    k = 1
+    while k < n:  # dissemination: log2(n) rounds
+        op.exchange([((r + k) % n, empty)], [((r - k) % n, empty)])
+        k *= 2
+
+
+# --- objects -----------------------------------------------------------------------------------
+
+
+def broadcast_object(op: Op, obj: Any, root: int) -> Any:
+    r, n = op.rank, op.n
+    if r == root:
+        data = guard.dumps(obj, where=f"broadcast_object from rank {r}")
+        op.exchange([(p, data) for p in range(n) if p != root], [])
+        return obj
+    (data,) = op.exchange([], [(root, None)])
+    return guard.loads(data)
+
+
+def allgather_object(op: Op, obj: Any) -> list[Any]:
+    r, n = op.rank, op.n
+    data = guard.dumps(obj, where=f"allgather_object on rank {r}")
+    others = [p for p in range(n) if p != r]
+    got = op.exchange([(p, data) for p in others], [(p, None) for p in others])
+    out: list[Any] = [None] * n
+    out[r] = obj
+    for p, d in zip(others, got):
+        out[p] = guard.loads(d)
+    return out
+
+
+def gather_object(op: Op, obj: Any, root: int) -> list[Any] | None:
+    r, n = op.rank, op.n
+    if r != root:
+        op.exchange([(root, guard.dumps(obj, where=f"gather_object on rank {r}"))], [])
+        return None
+    others = [p for p in range(n) if p != root]
+    got = op.exchange([], [(p, None) for p in others])
+    out: list[Any] = [None] * n
+    out[r] = obj
+    for p, d in zip(others, got):
+        out[p] = guard.loads(d)
+    return out
+
+
+def scatter_object(op: Op, objs: list[Any] | None, root: int) -> Any:
+    r, n = op.rank, op.n
+    if r == root:
+        assert objs is not None
+        sends = [(p, guard.dumps(objs[p], where=f"scatter_object to rank {p}"))
+                 for p in range(n) if p != root]
+        op.exchange(sends, [])
+        return objs[r]
+    (data,) = op.exchange([], [(root, None)])
+    return guard.loads(data)

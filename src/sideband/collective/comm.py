@@ -1,0 +1,303 @@
+"""Messages between the ranks of one group, over whichever channel reaches each peer.
+
+This is the one place that frames messages, matches them to what an algorithm expects, checks
+them against the caller's operation, stashes early arrivals, and waits. Waiting has a deadline and
+watches the group's abort flag, lost connections and the liveness of local peers, so no wait here
+can hang forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
+
+from sideband.collective import futex
+from sideband.collective.transports.base import Channel
+from sideband.collective.transports.shm import Segment
+from sideband.collective.transports.tcp import HEADER
+from sideband.errors import (
+    CollectiveError,
+    CollectiveTimeoutError,
+    GroupBrokenError,
+    MismatchError,
+    PeerLostError,
+)
+
+KIND_COLL = 1
+KIND_P2P = 2
+KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by the reader
+
+_HDR = HEADER.size
+_SLICE_S = 0.1
+_PID_CHECK_S = 0.5
+
+# Errors that cross ranks inside an abort reason keep their class.
+_ABORT_CLASSES: dict[str, type[CollectiveError]] = {
+    c.__name__: c for c in (MismatchError, PeerLostError, CollectiveTimeoutError, GroupBrokenError)
+}
+
+
+def spin_default(local_ranks: int) -> int:
+    """Polls before sleeping: worth it only while every local rank has a core of its own."""
+    env = os.environ.get("SIDEBAND_SPIN")
+    if env is not None:
+        return int(env)
+    return 200 if local_ranks <= (os.cpu_count() or 1) else 0
+
+
+class _Send:
+    __slots__ = ("ch", "parts", "done")
+
+    def __init__(self, ch: Channel, header: bytes, payload: memoryview) -> None:
+        self.ch = ch
+        self.parts = [memoryview(header), payload] if len(payload) else [memoryview(header)]
+        self.done = False
+
+    def step(self, check: Callable[[], None]) -> bool:
+        progressed = False
+        while self.parts:
+            part = self.parts[0]
+            n = self.ch.write(part, check)
+            if n == 0:
+                return progressed
+            progressed = True
+            if n == len(part):
+                self.parts.pop(0)
+            else:
+                self.parts[0] = part[n:]
+        self.done = True
+        return progressed
+
+
+class _Recv:
+    """Reads the next message from one peer that matches (kind, tag), stashing others."""
+
+    __slots__ = ("comm", "peer", "kind", "tag", "desc", "into", "done", "result", "_hdr",
+                 "_hoff", "_dest", "_doff", "_stash_key", "_stash_desc")
+
+    def __init__(self, comm: Comm, peer: int, kind: int, tag: int, desc: int,
+                 into: memoryview | None) -> None:
+        self.comm = comm
+        self.peer = peer
+        self.kind = kind
+        self.tag = tag
+        self.desc = desc
+        self.into = into
+        self.done = False
+        self.result: memoryview | None = None
+        self._hdr = memoryview(bytearray(_HDR))
+        self._hoff = 0
+        self._dest: memoryview | None = None
+        self._doff = 0
+        self._stash_key: tuple[int, int] | None = None
+        stashed = comm._stash[peer].get((kind, tag))
+        if stashed:
+            desc_got, payload = stashed.popleft()
+            self._accept(desc_got, len(payload))
+            if self.into is not None:
+                self.into[:] = payload
+                self.result = self.into
+            else:
+                self.result = payload
+            self.done = True
+
+    def _accept(self, desc: int, nbytes: int) -> None:
+        if self.kind == KIND_COLL and desc != self.desc:
+            raise MismatchError(
+                f"rank {self.peer} sent data for a different call of op #{self.tag} than this rank "
+                f"made ({self.comm.describe()}): the ranks called different operations, or the "
+                "same operation with different sizes, dtypes, roots or reduce ops"
+            )
+        if self.kind == KIND_P2P and self.desc and desc and desc != self.desc:
+            raise MismatchError(
+                f"rank {self.peer} sent a message with tag {self.tag} whose dtype differs from "
+                f"the buffer this rank receives into ({self.comm.describe()})"
+            )
+        if self.into is not None and nbytes != len(self.into):
+            raise MismatchError(
+                f"rank {self.peer} sent {nbytes} bytes but this rank expected {len(self.into)} "
+                f"({self.comm.describe()}): the ranks' buffers differ in size"
+            )
+
+    def step(self, check: Callable[[], None]) -> bool:
+        ch = self.comm.channels[self.peer]
+        progressed = False
+        while not self.done:
+            if self._dest is None:
+                n = ch.read_into(self._hdr[self._hoff :])
+                if n == 0:
+                    return progressed
+                progressed = True
+                self._hoff += n
+                if self._hoff < _HDR:
+                    continue
+                self._hoff = 0
+                kind, tag, nbytes, desc = HEADER.unpack(self._hdr)
+                if kind == self.kind and tag == self.tag:
+                    self._accept(desc, nbytes)
+                    self._dest = (self.into if self.into is not None
+                                  else memoryview(bytearray(nbytes)))
+                    self._stash_key = None
+                elif kind == KIND_COLL and self.kind == KIND_COLL:
+                    raise MismatchError(
+                        f"rank {self.peer} is in op #{tag} while this rank is in op #{self.tag} "
+                        f"({self.comm.describe()}): the ranks called different sequences of "
+                        "operations"
+                    )
+                else:
+                    self._dest = memoryview(bytearray(nbytes))
+                    self._stash_key = (kind, tag)
+                    self._stash_desc = desc
+                self._doff = 0
+            if self._doff < len(self._dest):
+                n = ch.read_into(self._dest[self._doff :])
+                if n == 0:
+                    return progressed
+                progressed = True
+                self._doff += n
+                if self._doff < len(self._dest):
+                    continue
+            if self._stash_key is None:
+                self.result = self._dest
+                self.done = True
+            else:
+                self.comm._stash[self.peer][self._stash_key].append((self._stash_desc, self._dest))
+                self._dest = None
+        return progressed
+
+
+class Comm:
+    """Point-to-point messaging of one rank with the rest of its group."""
+
+    def __init__(self, rank: int, world_size: int, channels: dict[int, Channel], own: Segment,
+                 local_pids: dict[int, int], label: str, spin: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.channels = channels
+        self.own = own
+        self.local_pids = local_pids
+        self.label = label
+        self.spin = spin
+        self._bell = own.doorbell
+        self._bell_addr = own.doorbell_addr
+        # Messages that arrived before anyone asked for them, per peer and (kind, tag).
+        self._stash: collections.defaultdict[
+            int, collections.defaultdict[tuple[int, int], collections.deque]
+        ] = collections.defaultdict(lambda: collections.defaultdict(collections.deque))
+        self._next_pid_check = 0.0
+        self.current_op = ""
+        self.deadline = float("inf")
+
+    def describe(self) -> str:
+        return f"rank {self.rank} of group {self.label!r}: {self.current_op}"
+
+    # -- failure -------------------------------------------------------------------------------
+    def abort_reason(self) -> str | None:
+        return self.own.abort_reason()
+
+    def abort(self, err: BaseException) -> None:
+        """Mark the group broken here and, best effort, on every peer."""
+        reason = f"{type(err).__name__}|{err}"
+        for ch in self.channels.values():
+            try:
+                ch.abort(reason)
+            except Exception:
+                pass
+        self.own.set_abort(reason)
+
+    def on_remote_abort(self, reason: str) -> None:
+        self.own.set_abort(reason)
+
+    def raise_if_aborted(self) -> None:
+        reason = self.own.abort_reason()
+        if reason is not None:
+            cls_name, _, msg = reason.partition("|")
+            cls = _ABORT_CLASSES.get(cls_name, GroupBrokenError)
+            raise cls(
+                f"group {self.label!r} was aborted ({msg}); rank {self.rank} cannot continue. "
+                "Destroy the group and create it again."
+            )
+
+    def check(self) -> None:
+        """Raise if the op must stop: abort, lost peer, deadline."""
+        self.raise_if_aborted()
+        now = time.monotonic()
+        for ch in self.channels.values():
+            why = ch.lost()
+            if why:
+                raise PeerLostError(
+                    f"{self.describe()}: {why}. The peer process died or its node is unreachable; "
+                    "destroy the group and create it again with live actors."
+                )
+        if now >= self._next_pid_check:
+            self._next_pid_check = now + _PID_CHECK_S
+            for peer, pid in self.local_pids.items():
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    raise PeerLostError(
+                        f"{self.describe()}: rank {peer} (pid {pid}) died. Destroy the group and "
+                        "create it again with live actors."
+                    ) from None
+                except PermissionError:
+                    pass
+        if now > self.deadline:
+            raise CollectiveTimeoutError(
+                f"{self.describe()}: timed out; some ranks did not take part in time. Pass a larger "
+                "timeout_s, or check that every rank calls the same operations in the same order."
+            )
+
+    # -- progress ------------------------------------------------------------------------------
+    def run(self, states: Sequence[_Send | _Recv]) -> None:
+        """Drive sends and receives to completion, sleeping on the doorbell when stuck."""
+        bell = self._bell
+        check = self.check
+        while True:
+            seen = bell[0]
+            progressed = False
+            pending = False
+            for st in states:
+                if not st.done:
+                    progressed |= st.step(check)
+                    pending |= not st.done
+            if not pending:
+                return
+            if progressed:
+                continue
+            check()
+            for _ in range(self.spin):
+                if bell[0] != seen:
+                    break
+            else:
+                futex.wait(self._bell_addr, seen, min(_SLICE_S, max(0.0, self.deadline - time.monotonic())))
+
+    def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> _Send:
+        return _Send(self.channels[peer], HEADER.pack(kind, tag, len(payload), desc), payload)
+
+    def recv_state(self, peer: int, into: memoryview | None, kind: int, tag: int,
+                   desc: int) -> _Recv:
+        return _Recv(self, peer, kind, tag, desc, into)
+
+    def exchange(self, sends: Sequence[tuple[int, memoryview]],
+                 recvs: Sequence[tuple[int, memoryview | None]], kind: int, tag: int,
+                 desc: int) -> list[memoryview]:
+        """Send and receive concurrently; returns the received payloads in ``recvs`` order."""
+        states: list[_Send | _Recv] = [self.send_state(p, v, kind, tag, desc) for p, v in sends]
+        rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
+        self.run(states + rstates)
+        return [s.result for s in rstates]  # type: ignore[misc]
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            try:
+                ch.close()
+            except Exception:
+                pass
+        self.own.close()
+
+
+def pack_meta(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)

@@ -1,0 +1,422 @@
+"""Argument checks and dispatch for every operation, in one place.
+
+Each function validates the calling rank's arguments (raising :class:`InvalidArgumentError`
+before anything is sent, so the group stays usable), computes the operation's *descriptor*
+(a hash of what must agree across ranks: op, dtype, sizes, root, reduce op), and hands a body to
+``Group._submit``, which runs it in call order under the op's deadline. Every message carries the
+descriptor, so ranks that disagree raise :class:`MismatchError` instead of exchanging garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sideband.collective import algorithms as alg
+from sideband.collective.buffers import Buffer, as_buffer, dtype_from_name, empty_like_buffer
+from sideband.collective.comm import KIND_P2P
+from sideband.collective.types import ReduceOp
+from sideband.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from sideband.collective.group import Group
+
+_OBJECT_DESC = 1
+
+
+def descriptor(*parts: Any) -> int:
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") | 2  # never 0 (no check) nor 1 (objects)
+
+
+# --- reductions --------------------------------------------------------------------------------
+
+_UFUNCS = {
+    ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np.minimum,
+    ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add, ReduceOp.BAND: np.bitwise_and,
+    ReduceOp.BOR: np.bitwise_or, ReduceOp.BXOR: np.bitwise_xor,
+}
+_BOOL_UFUNCS = {
+    ReduceOp.SUM: np.logical_or, ReduceOp.PRODUCT: np.logical_and, ReduceOp.MIN: np.logical_and,
+    ReduceOp.MAX: np.logical_or, ReduceOp.BAND: np.logical_and, ReduceOp.BOR: np.logical_or,
+    ReduceOp.BXOR: np.logical_xor,
+}
+
+
+def reduce_op(op: Any) -> ReduceOp:
+    """Accept sideband's ReduceOp, ray.util.collective's, or a name such as "sum"."""
+    if isinstance(op, ReduceOp):
+        return op
+    name = getattr(op, "name", op)
+    if isinstance(name, str):
+        try:
+            return ReduceOp[name.upper()]
+        except KeyError:
+            pass
+    raise InvalidArgumentError(f"unknown reduce op {op!r}; use one of {[o.name for o in ReduceOp]}")
+
+
+def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
+    """``f(acc, other)``: acc = acc (op) other, elementwise, in place."""
+    if dtype == "bfloat16":
+        import torch
+
+        tfn = {ReduceOp.SUM: torch.add, ReduceOp.AVG: torch.add, ReduceOp.PRODUCT: torch.mul,
+               ReduceOp.MIN: torch.minimum, ReduceOp.MAX: torch.maximum}.get(op)
+        if tfn is None:
+            raise InvalidArgumentError(f"{what}: {op.name} is not defined for bfloat16")
+
+        def bf16(acc: np.ndarray, other: np.ndarray) -> None:
+            a = torch.from_numpy(acc).view(torch.bfloat16)
+            tfn(a, torch.from_numpy(other).view(torch.bfloat16), out=a)
+
+        return bf16
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        if op is ReduceOp.AVG:
+            raise InvalidArgumentError(f"{what}: AVG is not defined for bool arrays")
+        ufunc = _BOOL_UFUNCS[op]
+    else:
+        if kind == "f" and op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR):
+            raise InvalidArgumentError(
+                f"{what}: {op.name} needs an integer or bool dtype, got {dtype}")
+        if kind in "iu" and op is ReduceOp.AVG:
+            raise InvalidArgumentError(
+                f"{what}: AVG of integers would have to round; use SUM and divide, or a float dtype")
+        ufunc = _UFUNCS[op]
+
+    def f(acc: np.ndarray, other: np.ndarray) -> None:
+        ufunc(acc, other, out=acc)
+
+    return f
+
+
+def _finish_avg(op: ReduceOp, buf: Buffer, n: int) -> None:
+    if op is ReduceOp.AVG:
+        if buf.dtype == "bfloat16":
+            import torch
+
+            t = torch.from_numpy(buf.arr).view(torch.bfloat16)
+            t.div_(n)
+        else:
+            np.divide(buf.arr, n, out=buf.arr)
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def _what(g: Group, op: str) -> str:
+    return f"{op} on rank {g.rank} of group {g.name!r}"
+
+
+def check_rank(g: Group, r: Any, role: str, op: str) -> int:
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
+        raise InvalidArgumentError(f"{_what(g, op)}: {role} must be an int, got {type(r).__name__}")
+    if not 0 <= int(r) < g.world_size:
+        raise InvalidArgumentError(
+            f"{_what(g, op)}: {role}={r} is out of range for world size {g.world_size} "
+            f"(valid ranks: 0..{g.world_size - 1})"
+        )
+    return int(r)
+
+
+def _check_peer(g: Group, r: Any, role: str, op: str) -> int:
+    r = check_rank(g, r, role, op)
+    if r == g.rank:
+        raise InvalidArgumentError(f"{_what(g, op)}: {role} is this rank itself")
+    return r
+
+
+def _check_tag(g: Group, tag: Any, op: str) -> int:
+    if isinstance(tag, bool) or not isinstance(tag, (int, np.integer)) or not 0 <= tag < 2**32:
+        raise InvalidArgumentError(f"{_what(g, op)}: tag must be an int in [0, 2**32), got {tag!r}")
+    return int(tag)
+
+
+def _rows(g: Group, buf: Buffer, op: str, name: str = "x") -> tuple[int, ...]:
+    """Shape of one row of an (world_size, ...) argument."""
+    n = g.world_size
+    if len(buf.shape) >= 1 and buf.shape[0] == n:
+        return buf.shape[1:]
+    if len(buf.shape) == 1 and buf.shape[0] % n == 0:
+        return (buf.shape[0] // n,)
+    raise InvalidArgumentError(
+        f"{_what(g, op)}: {name} must have world_size={n} rows (shape ({n}, ...)) or be 1-D with "
+        f"a length divisible by {n}; got shape {buf.shape}"
+    )
+
+
+def _out(g: Group, out: Any, like: Buffer, shape: tuple[int, ...], op: str) -> tuple[Any, Buffer]:
+    if out is None:
+        out = empty_like_buffer(like, shape)
+    ob = as_buffer(out, f"{_what(g, op)} (out)", writable=True)
+    if ob.dtype != like.dtype or int(np.prod(ob.shape)) != int(np.prod(shape)):
+        raise InvalidArgumentError(
+            f"{_what(g, op)}: out must have shape {shape} and dtype {like.dtype}, got shape "
+            f"{ob.shape} and dtype {ob.dtype}"
+        )
+    return out, ob
+
+
+# --- array ops ---------------------------------------------------------------------------------
+
+
+def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "allreduce")
+    rop = reduce_op(op)
+    buf = as_buffer(x, what, writable=True)
+    red = reducer(rop, buf.dtype, what)
+    desc = descriptor("allreduce", buf.dtype, buf.nbytes, rop.name)
+
+    def body(o: alg.Op) -> Any:
+        alg.allreduce(o, buf.arr, red)
+        _finish_avg(rop, buf, g.world_size)
+        buf.finish()
+        return x
+
+    return g._submit(f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body,
+                     async_op, timeout_s)
+
+
+def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "reduce")
+    dst = check_rank(g, dst, "dst", "reduce")
+    rop = reduce_op(op)
+    buf = as_buffer(x, what, writable=g.rank == dst)
+    red = reducer(rop, buf.dtype, what)
+    desc = descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst)
+
+    def body(o: alg.Op) -> Any:
+        alg.reduce(o, buf.arr, dst, red)
+        if g.rank == dst:
+            _finish_avg(rop, buf, g.world_size)
+            buf.finish()
+        return x
+
+    return g._submit(f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})", desc, body,
+                     async_op, timeout_s)
+
+
+def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "broadcast")
+    src = check_rank(g, src, "src", "broadcast")
+    buf = as_buffer(x, what, writable=g.rank != src)
+    desc = descriptor("broadcast", buf.dtype, buf.nbytes, src)
+
+    def body(o: alg.Op) -> Any:
+        alg.broadcast(o, buf.arr, src)
+        buf.finish()
+        return x
+
+    return g._submit(f"broadcast({buf.dtype}{list(buf.shape)}, src={src})", desc, body, async_op,
+                     timeout_s)
+
+
+def allgather(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "allgather")
+    buf = as_buffer(x, what, writable=False)
+    out, ob = _out(g, out, buf, (g.world_size, *buf.shape), "allgather")
+    desc = descriptor("allgather", buf.dtype, buf.nbytes)
+
+    def body(o: alg.Op) -> Any:
+        alg.allgather(o, buf.arr, ob.arr.reshape(g.world_size, -1))
+        ob.finish()
+        return out
+
+    return g._submit(f"allgather({buf.dtype}{list(buf.shape)})", desc, body, async_op, timeout_s)
+
+
+def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "gather")
+    dst = check_rank(g, dst, "dst", "gather")
+    buf = as_buffer(x, what, writable=False)
+    ob = None
+    if g.rank == dst:
+        out, ob = _out(g, out, buf, (g.world_size, *buf.shape), "gather")
+    desc = descriptor("gather", buf.dtype, buf.nbytes, dst)
+
+    def body(o: alg.Op) -> Any:
+        alg.gather(o, buf.arr, dst, None if ob is None else ob.arr.reshape(g.world_size, -1))
+        if ob is None:
+            return None
+        ob.finish()
+        return out
+
+    return g._submit(f"gather({buf.dtype}{list(buf.shape)}, dst={dst})", desc, body, async_op,
+                     timeout_s)
+
+
+def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "scatter")
+    src = check_rank(g, src, "src", "scatter")
+    buf = None
+    metas = None
+    if g.rank == src:
+        if x is None:
+            raise InvalidArgumentError(f"{what}: the src rank must pass the array to scatter")
+        buf = as_buffer(x, what, writable=False)
+        row = _rows(g, buf, "scatter")
+        metas = [(buf.dtype, row)] * g.world_size
+    desc = descriptor("scatter", src)
+
+    def body(o: alg.Op) -> Any:
+        nonlocal out
+        dtype, row = alg.scatter_object(o, metas, src)  # tiny: the chunk's dtype and shape
+        like = buf if buf is not None else _template(dtype, out)
+        out, ob = _out(g, out, like, tuple(row), "scatter")
+        arr = None if buf is None else buf.arr.reshape(g.world_size, -1)
+        alg.scatter(o, arr, src, ob.arr)
+        ob.finish()
+        return out
+
+    return g._submit(f"scatter(src={src})", desc, body, async_op, timeout_s)
+
+
+def _template(dtype: str, out: Any) -> Buffer:
+    """A stand-in Buffer describing the dtype (and array kind) a non-src rank will receive."""
+    if out is not None:
+        ob = as_buffer(out, "scatter (out)", writable=True)
+        if ob.dtype != dtype:
+            raise InvalidArgumentError(f"scatter: out has dtype {ob.dtype}, src sends {dtype}")
+        return ob
+    if dtype == "bfloat16":
+        import torch
+
+        return as_buffer(torch.empty(0, dtype=torch.bfloat16), "scatter", writable=False)
+    return as_buffer(np.empty(0, dtype=dtype_from_name(dtype)), "scatter", writable=False)
+
+
+def reduce_scatter(g: Group, x: Any, op: Any, out: Any, async_op: bool,
+                   timeout_s: float | None) -> Any:
+    what = _what(g, "reduce_scatter")
+    rop = reduce_op(op)
+    buf = as_buffer(x, what, writable=False)
+    red = reducer(rop, buf.dtype, what)
+    row = _rows(g, buf, "reduce_scatter")
+    out, ob = _out(g, out, buf, row, "reduce_scatter")
+    desc = descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name)
+
+    def body(o: alg.Op) -> Any:
+        alg.reduce_scatter(o, buf.arr.reshape(g.world_size, -1), ob.arr, red)
+        _finish_avg(rop, ob, g.world_size)
+        ob.finish()
+        return out
+
+    return g._submit(f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body,
+                     async_op, timeout_s)
+
+
+def alltoall(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+    what = _what(g, "alltoall")
+    buf = as_buffer(x, what, writable=False)
+    _rows(g, buf, "alltoall")
+    out, ob = _out(g, out, buf, buf.shape, "alltoall")
+    desc = descriptor("alltoall", buf.dtype, buf.nbytes)
+
+    def body(o: alg.Op) -> Any:
+        n = g.world_size
+        alg.alltoall(o, buf.arr.reshape(n, -1), ob.arr.reshape(n, -1))
+        ob.finish()
+        return out
+
+    return g._submit(f"alltoall({buf.dtype}{list(buf.shape)})", desc, body, async_op, timeout_s)
+
+
+def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
+    return g._submit("barrier()", descriptor("barrier"), alg.barrier, async_op, timeout_s)
+
+
+# --- point to point ----------------------------------------------------------------------------
+
+
+def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+    dst = _check_peer(g, dst, "dst", "send")
+    tag = _check_tag(g, tag, "send")
+    buf = as_buffer(x, _what(g, "send"), writable=False)
+    desc = descriptor("p2p", buf.dtype)
+
+    def body(o: alg.Op) -> None:
+        o.comm.exchange([(dst, alg._bytes(buf.arr))], [], KIND_P2P, tag, desc)
+
+    return g._submit(f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})", 0, body,
+                     async_op, timeout_s, p2p=True)
+
+
+def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+    src = _check_peer(g, src, "src", "recv")
+    tag = _check_tag(g, tag, "recv")
+    buf = as_buffer(out, _what(g, "recv"), writable=True)
+    desc = descriptor("p2p", buf.dtype)
+
+    def body(o: alg.Op) -> Any:
+        o.comm.exchange([], [(src, alg._bytes(buf.arr))], KIND_P2P, tag, desc)
+        buf.finish()
+        return out
+
+    return g._submit(f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})", 0, body,
+                     async_op, timeout_s, p2p=True)
+
+
+# --- objects -----------------------------------------------------------------------------------
+
+
+def _obj_op(g: Group, label: str, body: Callable[[alg.Op], Any], async_op: bool,
+            timeout_s: float | None, *desc_parts: Any) -> Any:
+    return g._submit(label, descriptor(label, *desc_parts), body, async_op, timeout_s)
+
+
+def broadcast_object(g: Group, obj: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+    src = check_rank(g, src, "src", "broadcast_object")
+    return _obj_op(g, "broadcast_object", lambda o: alg.broadcast_object(o, obj, src), async_op,
+                   timeout_s, src)
+
+
+def allgather_object(g: Group, obj: Any, async_op: bool, timeout_s: float | None) -> Any:
+    return _obj_op(g, "allgather_object", lambda o: alg.allgather_object(o, obj), async_op,
+                   timeout_s)
+
+
+def gather_object(g: Group, obj: Any, dst: Any, async_op: bool, timeout_s: float | None) -> Any:
+    dst = check_rank(g, dst, "dst", "gather_object")
+    return _obj_op(g, "gather_object", lambda o: alg.gather_object(o, obj, dst), async_op,
+                   timeout_s, dst)
+
+
+def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+    src = check_rank(g, src, "src", "scatter_object")
+    if g.rank == src and (objs is None or len(objs) != g.world_size):
+        raise InvalidArgumentError(
+            f"{_what(g, 'scatter_object')}: the src rank must pass a sequence of world_size="
+            f"{g.world_size} objects")
+    return _obj_op(g, "scatter_object", lambda o: alg.scatter_object(o, objs, src), async_op,
+                   timeout_s, src)
+
+
+def send_object(g: Group, obj: Any, dst: Any, tag: Any, async_op: bool,
+                timeout_s: float | None) -> Any:
+    from sideband import guard
+
+    dst = _check_peer(g, dst, "dst", "send_object")
+    tag = _check_tag(g, tag, "send_object")
+    data = guard.dumps(obj, where=f"send_object from rank {g.rank} to rank {dst}")
+
+    def body(o: alg.Op) -> None:
+        o.comm.exchange([(dst, memoryview(data))], [], KIND_P2P, tag, _OBJECT_DESC)
+
+    return g._submit(f"send_object(dst={dst}, tag={tag})", 0, body, async_op, timeout_s, p2p=True)
+
+
+def recv_object(g: Group, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+    from sideband import guard
+
+    src = _check_peer(g, src, "src", "recv_object")
+    tag = _check_tag(g, tag, "recv_object")
+
+    def body(o: alg.Op) -> Any:
+        (data,) = o.comm.exchange([], [(src, None)], KIND_P2P, tag, _OBJECT_DESC)
+        return guard.loads(data)
+
+    return g._submit(f"recv_object(src={src}, tag={tag})", 0, body, async_op, timeout_s, p2p=True)

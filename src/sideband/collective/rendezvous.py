@@ -1,0 +1,269 @@
+"""Forming a group: who is in it, where each member listens, and connecting them.
+
+Members meet in Ray's internal key-value store (no helper actor to leak). Rank 0, or the driver
+that calls ``create_group``, opens a *session* with a fresh id and a per-group secret; every
+member registers under it; rank 0 publishes the roster once all ``world_size`` ranks are in; then
+members connect: shared memory between ranks that can share it, authenticated TCP between the
+others. A name reused after destroy gets a new session, so stale entries never mix in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sideband import _kv, _net
+from sideband.collective.comm import Comm, spin_default
+from sideband.collective.transports import shm, tcp
+from sideband.collective.transports.base import Channel
+from sideband.collective.types import Backend
+from sideband.errors import CollectiveError, RendezvousError
+
+_POLL_MAX_S = 0.02
+
+
+def session_key(name: str) -> str:
+    return f"group/{name}/session"
+
+
+def _member_prefix(name: str, session: str) -> str:
+    return f"group/{name}/{session}/m/"
+
+
+def roster_key(name: str, session: str) -> str:
+    return f"group/{name}/{session}/roster"
+
+
+def host_key() -> str:
+    """Equal for two processes exactly when they can share memory through /dev/shm."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        st = os.stat(shm.SHM_DIR)
+        return f"{boot}:{st.st_dev}:{st.st_ino}"
+    except OSError:
+        return f"pid-{os.getpid()}"  # no shared memory: every rank is its own host
+
+
+def _ray_ids() -> tuple[str | None, str | None]:
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return ctx.get_actor_id(), ctx.get_node_id()
+    except Exception:
+        return None, None
+
+
+def open_session(name: str, world_size: int, backend: str, timeout_s: float,
+                 actor_ids: list[str | None] | None = None) -> dict[str, Any]:
+    """Create a fresh session record for group ``name`` (done by rank 0 or the driver)."""
+    rec = {
+        "name": name,
+        "session": uuid.uuid4().hex,
+        "secret": secrets.token_hex(32),
+        "world_size": world_size,
+        "backend": backend,
+        "timeout_s": timeout_s,
+        "created": time.time(),
+        "actor_ids": actor_ids,
+    }
+    _kv.put(session_key(name), rec)
+    return rec
+
+
+def fail_session(name: str, session: str, reason: str) -> None:
+    """Publish a failed roster so that every waiting member gives up at once."""
+    _kv.put(roster_key(name, session), {"error": reason})
+
+
+def remove_session(name: str, session: str) -> None:
+    _kv.delete_prefix(f"group/{name}/{session}/")
+    rec = _kv.get(session_key(name))
+    if rec is not None and rec.get("session") == session:
+        _kv.delete(session_key(name))
+
+
+@dataclass
+class Joined:
+    """What a member knows once the group is formed."""
+
+    session: str
+    roster: list[dict[str, Any]]
+    comm: Comm
+    backend: str
+
+
+def join(name: str, world_size: int, rank: int, backend: str, timeout_s: float,
+         session_rec: dict[str, Any] | None = None) -> Joined:
+    """Register this process as ``rank`` of group ``name`` and connect to the other members."""
+    deadline = time.monotonic() + timeout_s
+    shm.remove_stale_segments()
+    listener = None
+    if backend in (Backend.AUTO.value, Backend.TCP.value) and world_size > 1:
+        listener = tcp.Listener(_net.node_address())
+    try:
+        session_rec, roster = _agree(name, world_size, rank, backend, deadline, session_rec, listener)
+        comm = _connect(name, rank, world_size, backend, session_rec, roster, listener, deadline)
+    finally:
+        if listener is not None:
+            listener.close()
+    return Joined(session_rec["session"], roster, comm, backend)
+
+
+def _agree(name: str, world_size: int, rank: int, backend: str, deadline: float,
+           rec: dict[str, Any] | None, listener: tcp.Listener | None,
+           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    actor_id, node_id = _ray_ids()
+    nonce = uuid.uuid4().hex
+    entry = {
+        "rank": rank, "world_size": world_size, "backend": backend, "nonce": nonce,
+        "actor_id": actor_id, "node_id": node_id, "pid": os.getpid(), "host_key": host_key(),
+        "host": listener.host if listener else None, "port": listener.port if listener else None,
+    }
+    fixed = rec is not None
+    if rec is None and rank == 0:
+        rec = open_session(name, world_size, backend, max(0.0, deadline - time.monotonic()))
+        fixed = True
+    registered: str | None = None
+    delay = 0.0005
+    while True:
+        if not fixed:
+            cur = _kv.get(session_key(name))
+            if cur is not None and (rec is None or cur["session"] != rec["session"]):
+                rec = cur  # rank 0 opened a (new) session: (re-)register under it
+        if rec is not None and registered != rec["session"]:
+            _kv.put(_member_prefix(name, rec["session"]) + str(rank), entry)
+            registered = rec["session"]
+        if rec is not None:
+            if rank == 0:
+                roster = _collect(name, rec, world_size)
+            else:
+                roster = _kv.get(roster_key(name, rec["session"]))
+            if roster is not None:
+                if isinstance(roster, dict):
+                    raise RendezvousError(f"group {name!r}, rank {rank}: {roster['error']}")
+                mine = roster[rank]
+                if mine["nonce"] == nonce:
+                    return rec, roster
+                # A roster of an older incarnation of this name: wait for rank 0's new session.
+        if time.monotonic() > deadline:
+            raise RendezvousError(_join_timeout_message(name, rank, world_size, rec))
+        time.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX_S)
+
+
+def _collect(name: str, rec: dict[str, Any], world_size: int) -> list[dict[str, Any]] | dict | None:
+    """Rank 0: the roster once every rank registered, an error record, or None (keep waiting)."""
+    failed = _kv.get(roster_key(name, rec["session"]))
+    if isinstance(failed, dict):
+        return failed
+    members = _kv.items(_member_prefix(name, rec["session"]))
+    if len(members) < world_size:
+        return None
+    entries = sorted(members.values(), key=lambda e: e["rank"])
+    bad = [e for e in entries if e["world_size"] != world_size or e["backend"] != rec["backend"]]
+    if bad or [e["rank"] for e in entries] != list(range(world_size)):
+        err = {"error": "members disagree on world size, ranks or backend: " + ", ".join(
+            f"rank {e['rank']} (world_size={e['world_size']}, backend={e['backend']!r})"
+            for e in entries)}
+        _kv.put(roster_key(name, rec["session"]), err)
+        return err
+    _kv.put(roster_key(name, rec["session"]), entries)
+    return entries
+
+
+def _join_timeout_message(name: str, rank: int, world_size: int, rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return (f"group {name!r}, rank {rank}: rank 0 never opened the group; check that some "
+                "actor calls init_group(..., rank=0) with the same name")
+    present = {int(k.rsplit("/", 1)[1]) for k in _kv.keys(_member_prefix(name, rec["session"]))}
+    missing = sorted(set(range(world_size)) - present)
+    return (f"group {name!r}, rank {rank}: timed out waiting for ranks {missing} to join "
+            f"(world_size={world_size}); check that every rank calls init_group with the same "
+            "name and world size, or raise timeout_s")
+
+
+def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str, Any],
+             roster: list[dict[str, Any]], listener: tcp.Listener | None,
+             deadline: float) -> Comm:
+    me = roster[rank]
+    if backend == Backend.TCP.value:
+        local = [rank]
+    else:
+        local = [e["rank"] for e in roster if e["host_key"] == me["host_key"]]
+    if backend == Backend.SHM.value and len(local) != world_size:
+        remote = sorted(set(range(world_size)) - set(local))
+        raise RendezvousError(
+            f"group {name!r}: backend 'shm' needs every rank on one host, but ranks {remote} "
+            f"cannot share memory with rank {rank}; use backend 'auto' or 'tcp'"
+        )
+    session = rec["session"]
+    ring = shm.default_ring_bytes()
+    ring = 1 << max(12, (ring - 1).bit_length())  # a power of two: ring offsets wrap with u32
+    seg_name = lambda r: f"{shm.PREFIX}{session[:12]}-{r}-{roster[r]['pid']}"  # noqa: E731
+    own = shm.Segment(seg_name(rank), len(local), ring, create=True)
+    channels: dict[int, Channel] = {}
+    comm: Comm | None = None
+    try:
+        for p in local:
+            if p == rank:
+                continue
+            peer_seg = shm.open_peer_segment(seg_name(p), len(local), ring, deadline)
+            channels[p] = shm.ShmChannel(p, own, local.index(p), peer_seg, local.index(rank))
+        remote = [p for p in range(world_size) if p not in local]
+        secret = bytes.fromhex(rec["secret"])
+        holder: dict[str, Any] = {}
+        comm = Comm(rank, world_size, channels, own,
+                    {p: roster[p]["pid"] for p in local if p != rank}, name, spin_default(len(local)))
+        accept_from = {p for p in remote if p > rank}
+        acceptor = None
+        if accept_from:
+            assert listener is not None
+
+            def _accept() -> None:
+                try:
+                    holder["socks"] = listener.accept_peers(session, secret, accept_from, deadline,
+                                                            lambda: None)
+                except BaseException as e:  # reported by the joining thread
+                    holder["error"] = e
+
+            acceptor = threading.Thread(target=_accept, name="sideband-accept", daemon=True)
+            acceptor.start()
+        for p in remote:
+            if p < rank:
+                sock = tcp.connect_peer(roster[p]["host"], roster[p]["port"], session, secret, rank,
+                                        deadline)
+                channels[p] = tcp.TcpChannel(p, sock, own.ring_doorbell, comm.on_remote_abort)
+        if acceptor is not None:
+            acceptor.join()
+            if "error" in holder:
+                raise holder["error"]
+            for p, sock in holder["socks"].items():
+                channels[p] = tcp.TcpChannel(p, sock, own.ring_doorbell, comm.on_remote_abort)
+        # Every peer has mapped our segment once this barrier passes: unlink it now, so nothing
+        # is left in /dev/shm whatever happens to this process later.
+        comm.deadline = deadline
+        comm.current_op = "connect"
+        from sideband.collective import algorithms
+
+        algorithms.barrier(algorithms.Op(comm, 0xFFFFFFFF, 0, lambda k, n: None))  # type: ignore[arg-type]
+        comm.deadline = float("inf")
+        own.unlink()
+        return comm
+    except BaseException as e:
+        if comm is not None:
+            comm.close()
+        else:
+            for ch in channels.values():
+                ch.close()
+            own.close()
+        if isinstance(e, CollectiveError):
+            raise
+        raise RendezvousError(f"group {name!r}, rank {rank}: could not connect to the other "
+                              f"members: {e}") from e

@@ -1,0 +1,202 @@
+"""Shared-memory transport between ranks on one host.
+
+Each rank owns one segment in ``/dev/shm`` holding its control block (doorbell, abort flag) and one
+single-producer/single-consumer byte ring per local peer that sends to it. A sender copies into
+the receiver's ring, publishes the new head and rings the receiver's doorbell (a futex word); the
+receiver copies out, publishes the tail and rings the sender's doorbell. Every rank waits on its
+own doorbell only, whatever it waits for.
+
+Segments are unlinked as soon as every local peer has mapped them, so nothing is left in
+``/dev/shm`` even if a rank is SIGKILLed later: the kernel frees the memory with the last mapping.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import time
+from collections.abc import Callable
+
+from sideband.collective import futex
+from sideband.collective.transports.base import Channel
+
+_CTRL = 4096  # control block: doorbell @0, abort flag @64, reason length @68, reason @128
+_REASON_MAX = 2048
+_RING_HDR = 128  # head @0, tail @64: separate cache lines, one writer each
+SHM_DIR = "/dev/shm"
+PREFIX = "sideband-"
+
+
+def default_ring_bytes() -> int:
+    return int(os.environ.get("SIDEBAND_SHM_RING_BYTES", str(4 << 20)))
+
+
+class Segment:
+    """One rank's shared segment: control block plus ``nslots`` inbound rings."""
+
+    def __init__(self, name: str, nslots: int, ring_bytes: int, create: bool) -> None:
+        self.name = name
+        self.path = os.path.join(SHM_DIR, name)
+        self.nslots = nslots
+        self.ring_bytes = ring_bytes
+        size = _CTRL + nslots * (_RING_HDR + ring_bytes)
+        if create:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                os.close(fd)
+                os.unlink(self.path)
+                raise
+        else:
+            fd = os.open(self.path, os.O_RDWR)
+        try:
+            self._mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._mm)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mm))
+        self.doorbell = self.buf[0:4].cast("I")
+        self.doorbell_addr = self.base
+        self._abort = self.buf[64:72].cast("I")
+        self._unlinked = not create
+
+    # -- control block -----------------------------------------------------------------------
+    def ring_doorbell(self) -> None:
+        self.doorbell[0] = (self.doorbell[0] + 1) & 0xFFFFFFFF
+        futex.wake(self.doorbell_addr)
+
+    def set_abort(self, reason: str) -> None:
+        if self._abort[0]:
+            return
+        data = reason.encode()[:_REASON_MAX]
+        self.buf[128 : 128 + len(data)] = data
+        self._abort[1] = len(data)
+        self._abort[0] = 1
+        self.ring_doorbell()
+
+    def abort_reason(self) -> str | None:
+        if not self._abort[0]:
+            return None
+        n = self._abort[1]
+        return bytes(self.buf[128 : 128 + n]).decode(errors="replace")
+
+    # -- rings ---------------------------------------------------------------------------------
+    def ring(self, slot: int) -> tuple[memoryview, memoryview, memoryview]:
+        """(head word, tail word, data) of the inbound ring in ``slot``."""
+        off = _CTRL + slot * (_RING_HDR + self.ring_bytes)
+        head = self.buf[off : off + 4].cast("I")
+        tail = self.buf[off + 64 : off + 68].cast("I")
+        data = self.buf[off + _RING_HDR : off + _RING_HDR + self.ring_bytes]
+        return head, tail, data
+
+    def unlink(self) -> None:
+        if not self._unlinked:
+            self._unlinked = True
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        self.unlink()
+        for v in (self.doorbell, self._abort):
+            v.release()
+        self.buf.release()
+        try:
+            self._mm.close()
+        except BufferError:
+            # A view is still exported (a ring view held by a channel being torn down elsewhere);
+            # the mapping goes away with the last reference.
+            pass
+
+
+def open_peer_segment(name: str, nslots: int, ring_bytes: int, deadline: float) -> Segment:
+    """Map a local peer's segment, waiting until the peer has created it."""
+    delay = 0.0005
+    while True:
+        try:
+            return Segment(name, nslots, ring_bytes, create=False)
+        except (FileNotFoundError, ValueError):
+            # ValueError: the file exists but is not yet truncated to its size.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+
+def remove_stale_segments() -> None:
+    """Unlink sideband segments whose creating process is gone (their names carry its pid)."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for n in names:
+        if not n.startswith(PREFIX):
+            continue
+        try:
+            pid = int(n.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except OSError:
+                pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+class ShmChannel(Channel):
+    """Byte streams to a peer through rings in the two ranks' segments."""
+
+    kind = "shm"
+
+    def __init__(self, peer: int, own: Segment, own_slot_for_peer: int, peer_seg: Segment,
+                 peer_slot_for_me: int) -> None:
+        super().__init__(peer)
+        self.own = own
+        self.peer_seg = peer_seg
+        self.in_head, self.in_tail, self.in_data = own.ring(own_slot_for_peer)
+        self.out_head, self.out_tail, self.out_data = peer_seg.ring(peer_slot_for_me)
+        self.cap = own.ring_bytes
+        assert peer_seg.ring_bytes == self.cap
+
+    def write(self, data: memoryview, check: Callable[[], None]) -> int:
+        head = self.out_head[0]
+        free = self.cap - ((head - self.out_tail[0]) & 0xFFFFFFFF)
+        n = min(free, len(data))
+        if n <= 0:
+            return 0
+        pos = head % self.cap
+        first = min(n, self.cap - pos)
+        self.out_data[pos : pos + first] = data[:first]
+        if n > first:
+            self.out_data[0 : n - first] = data[first:n]
+        self.out_head[0] = (head + n) & 0xFFFFFFFF
+        self.peer_seg.ring_doorbell()
+        return n
+
+    def read_into(self, out: memoryview) -> int:
+        tail = self.in_tail[0]
+        avail = (self.in_head[0] - tail) & 0xFFFFFFFF
+        n = min(avail, len(out))
+        if n <= 0:
+            return 0
+        pos = tail % self.cap
+        first = min(n, self.cap - pos)
+        out[:first] = self.in_data[pos : pos + first]
+        if n > first:
+            out[first:n] = self.in_data[0 : n - first]
+        self.in_tail[0] = (tail + n) & 0xFFFFFFFF
+        self.peer_seg.ring_doorbell()
+        return n
+
+    def abort(self, reason: str) -> None:
+        self.peer_seg.set_abort(reason)
+
+    def close(self) -> None:
+        for v in (self.in_head, self.in_tail, self.in_data, self.out_head, self.out_tail,
+                  self.out_data):
+            v.release()
+        self.peer_seg.close()
