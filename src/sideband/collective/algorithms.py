@@ -36,7 +36,9 @@ class Op:
         self.n = comm.world_size
         self.scratch = scratch
 
-    def exchange(self, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]]) -> list[memoryview]:
+    def exchange(
+        self, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]]
+    ) -> list[memoryview]:
         return self.comm.exchange(
             [(p, _bytes(v)) for p, v in sends],
             [(p, None if v is None else _bytes(v)) for p, v in recvs],
@@ -234,7 +236,9 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
         return
     if x.nbytes <= SMALL_BYTES:
         others = [p for p in range(n) if p != r]
-        tmp = op.scratch("direct", out.nbytes * n).view(x.dtype)[: out.size * n].reshape(n, out.size)
+        tmp = (
+            op.scratch("direct", out.nbytes * n).view(x.dtype)[: out.size * n].reshape(n, out.size)
+        )
         op.exchange([(p, x[p]) for p in others], [(p, tmp[p]) for p in others])
         tmp[r] = x[r]
         for p in range(1, n):
@@ -319,8 +323,11 @@ def scatter_object(op: Op, objs: list[Any] | None, root: int) -> Any:
     r, n = op.rank, op.n
     if r == root:
         assert objs is not None
-        sends = [(p, guard.dumps(objs[p], where=f"scatter_object to rank {p}"))
-                 for p in range(n) if p != root]
+        sends = [
+            (p, guard.dumps(objs[p], where=f"scatter_object to rank {p}"))
+            for p in range(n)
+            if p != root
+        ]
         op.exchange(sends, [])
         return objs[r]
     (data,) = op.exchange([], [(root, None)])

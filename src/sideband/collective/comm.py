@@ -75,11 +75,26 @@ class _Send:
 class _Recv:
     """Reads the next message from one peer that matches (kind, tag), stashing others."""
 
-    __slots__ = ("comm", "peer", "kind", "tag", "desc", "into", "done", "result", "_hdr",
-                 "_hoff", "_dest", "_doff", "_stash_key", "_stash_desc")
+    __slots__ = (
+        "comm",
+        "peer",
+        "kind",
+        "tag",
+        "desc",
+        "into",
+        "done",
+        "result",
+        "_hdr",
+        "_hoff",
+        "_dest",
+        "_doff",
+        "_stash_key",
+        "_stash_desc",
+    )
 
-    def __init__(self, comm: Comm, peer: int, kind: int, tag: int, desc: int,
-                 into: memoryview | None) -> None:
+    def __init__(
+        self, comm: Comm, peer: int, kind: int, tag: int, desc: int, into: memoryview | None
+    ) -> None:
         self.comm = comm
         self.peer = peer
         self.kind = kind
@@ -138,8 +153,9 @@ class _Recv:
                 kind, tag, nbytes, desc = HEADER.unpack(self._hdr)
                 if kind == self.kind and tag == self.tag:
                     self._accept(desc, nbytes)
-                    self._dest = (self.into if self.into is not None
-                                  else memoryview(bytearray(nbytes)))
+                    self._dest = (
+                        self.into if self.into is not None else memoryview(bytearray(nbytes))
+                    )
                     self._stash_key = None
                 elif kind == KIND_COLL and self.kind == KIND_COLL:
                     raise MismatchError(
@@ -172,8 +188,16 @@ class _Recv:
 class Comm:
     """Point-to-point messaging of one rank with the rest of its group."""
 
-    def __init__(self, rank: int, world_size: int, channels: dict[int, Channel], own: Segment,
-                 local_pids: dict[int, int], label: str, spin: int) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        channels: dict[int, Channel],
+        own: Segment,
+        local_pids: dict[int, int],
+        label: str,
+        spin: int,
+    ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.channels = channels
@@ -272,18 +296,26 @@ class Comm:
                 if bell[0] != seen:
                     break
             else:
-                futex.wait(self._bell_addr, seen, min(_SLICE_S, max(0.0, self.deadline - time.monotonic())))
+                futex.wait(
+                    self._bell_addr, seen, min(_SLICE_S, max(0.0, self.deadline - time.monotonic()))
+                )
 
     def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> _Send:
         return _Send(self.channels[peer], HEADER.pack(kind, tag, len(payload), desc), payload)
 
-    def recv_state(self, peer: int, into: memoryview | None, kind: int, tag: int,
-                   desc: int) -> _Recv:
+    def recv_state(
+        self, peer: int, into: memoryview | None, kind: int, tag: int, desc: int
+    ) -> _Recv:
         return _Recv(self, peer, kind, tag, desc, into)
 
-    def exchange(self, sends: Sequence[tuple[int, memoryview]],
-                 recvs: Sequence[tuple[int, memoryview | None]], kind: int, tag: int,
-                 desc: int) -> list[memoryview]:
+    def exchange(
+        self,
+        sends: Sequence[tuple[int, memoryview]],
+        recvs: Sequence[tuple[int, memoryview | None]],
+        kind: int,
+        tag: int,
+        desc: int,
+    ) -> list[memoryview]:
         """Send and receive concurrently; returns the received payloads in ``recvs`` order."""
         states: list[_Send | _Recv] = [self.send_state(p, v, kind, tag, desc) for p, v in sends]
         rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]

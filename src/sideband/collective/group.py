@@ -13,7 +13,7 @@ import numpy as np
 from sideband import _kv
 from sideband.collective import ops, rendezvous
 from sideband.collective.algorithms import Op
-from sideband.collective.types import Backend, ReduceOp
+from sideband.collective.types import ReduceOp
 from sideband.collective.work import Work
 from sideband.errors import (
     CollectiveError,
@@ -30,7 +30,11 @@ _TABLE_LOCK = threading.Lock()
 _USED_DECLARATIONS: set[str] = set()
 
 _BACKENDS = {
-    "auto": "auto", "native": "auto", "gloo": "auto", "shm": "shm", "tcp": "tcp",
+    "auto": "auto",
+    "native": "auto",
+    "gloo": "auto",
+    "shm": "shm",
+    "tcp": "tcp",
 }
 _OTHER_BACKENDS = {"torch_gloo", "nccl", "torch_nccl"}
 
@@ -48,9 +52,7 @@ def _backend(backend: Any) -> str:
                 f"backend {name!r} is not available in this version of sideband; use 'auto' "
                 "(shared memory and TCP, the default), 'shm' or 'tcp'"
             )
-    raise InvalidArgumentError(
-        f"unknown backend {backend!r}; use one of {sorted(_BACKENDS)}"
-    )
+    raise InvalidArgumentError(f"unknown backend {backend!r}; use one of {sorted(_BACKENDS)}")
 
 
 def _check_name(name: Any) -> str:
@@ -81,8 +83,15 @@ class Group:
     group's). Ops of one group run in the order they were called.
     """
 
-    def __init__(self, name: str, rank: int, world_size: int, backend: str, timeout_s: float,
-                 joined: rendezvous.Joined) -> None:
+    def __init__(
+        self,
+        name: str,
+        rank: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+        joined: rendezvous.Joined,
+    ) -> None:
         self.name = name
         self.rank = rank
         self.world_size = world_size
@@ -100,8 +109,10 @@ class Group:
         self._destroyed = False
 
     def __repr__(self) -> str:
-        return (f"Group(name={self.name!r}, rank={self.rank}, world_size={self.world_size}, "
-                f"backend={self.backend!r})")
+        return (
+            f"Group(name={self.name!r}, rank={self.rank}, world_size={self.world_size}, "
+            f"backend={self.backend!r})"
+        )
 
     # -- machinery -----------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
@@ -109,8 +120,9 @@ class Group:
         return {
             "rank": self.rank,
             "peers": {p: ch.kind for p, ch in sorted(self._comm.channels.items())},
-            "members": [{k: e[k] for k in ("rank", "actor_id", "node_id", "pid")}
-                        for e in self._roster],
+            "members": [
+                {k: e[k] for k in ("rank", "actor_id", "node_id", "pid")} for e in self._roster
+            ],
         }
 
     def _scratch(self, key: str, nbytes: int) -> np.ndarray:
@@ -124,11 +136,19 @@ class Group:
     def _check_usable(self) -> None:
         if self._destroyed:
             raise GroupNotFoundError(
-                f"group {self.name!r} was destroyed on rank {self.rank}; create it again")
+                f"group {self.name!r} was destroyed on rank {self.rank}; create it again"
+            )
         self._comm.raise_if_aborted()
 
-    def _submit(self, label: str, desc: int, body: Callable[[Op], Any], async_op: bool,
-                timeout_s: float | None, p2p: bool = False) -> Any:
+    def _submit(
+        self,
+        label: str,
+        desc: int,
+        body: Callable[[Op], Any],
+        async_op: bool,
+        timeout_s: float | None,
+        p2p: bool = False,
+    ) -> Any:
         self._check_usable()
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         if timeout <= 0:
@@ -167,7 +187,8 @@ class Group:
         if async_op or (self._last is not None and not self._last.done()):
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix=f"sideband-{self.name}")
+                    1, thread_name_prefix=f"sideband-{self.name}"
+                )
             fut = self._executor.submit(run)
             self._last = fut
             if async_op:
@@ -197,43 +218,80 @@ class Group:
             pass  # Ray already shut down: nothing left to clean in the GCS
 
     # -- ops (validation and dispatch live in ops.py) -----------------------------------------
-    def allreduce(self, x: Any, op: Any = ReduceOp.SUM, *, async_op: bool = False,
-                  timeout_s: float | None = None) -> Any:
+    def allreduce(
+        self,
+        x: Any,
+        op: Any = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Reduce ``x`` across ranks, in place on every rank; returns ``x``."""
         return ops.allreduce(self, x, op, async_op, timeout_s)
 
-    def reduce(self, x: Any, dst: int = 0, op: Any = ReduceOp.SUM, *, async_op: bool = False,
-               timeout_s: float | None = None) -> Any:
+    def reduce(
+        self,
+        x: Any,
+        dst: int = 0,
+        op: Any = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Reduce ``x`` across ranks into ``x`` on ``dst``; others' ``x`` are left unchanged."""
         return ops.reduce(self, x, dst, op, async_op, timeout_s)
 
-    def broadcast(self, x: Any, src: int = 0, *, async_op: bool = False,
-                  timeout_s: float | None = None) -> Any:
+    def broadcast(
+        self, x: Any, src: int = 0, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """Copy ``src``'s ``x`` into ``x`` on every rank; returns ``x``."""
         return ops.broadcast(self, x, src, async_op, timeout_s)
 
-    def allgather(self, x: Any, out: Any = None, *, async_op: bool = False,
-                  timeout_s: float | None = None) -> Any:
+    def allgather(
+        self, x: Any, out: Any = None, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """Every rank's ``x``, stacked: shape ``(world_size, *x.shape)``."""
         return ops.allgather(self, x, out, async_op, timeout_s)
 
-    def gather(self, x: Any, dst: int = 0, out: Any = None, *, async_op: bool = False,
-               timeout_s: float | None = None) -> Any:
+    def gather(
+        self,
+        x: Any,
+        dst: int = 0,
+        out: Any = None,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Every rank's ``x`` stacked on ``dst`` (None on other ranks)."""
         return ops.gather(self, x, dst, out, async_op, timeout_s)
 
-    def scatter(self, x: Any = None, src: int = 0, out: Any = None, *, async_op: bool = False,
-                timeout_s: float | None = None) -> Any:
+    def scatter(
+        self,
+        x: Any = None,
+        src: int = 0,
+        out: Any = None,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Row ``r`` of ``src``'s ``x`` (shape ``(world_size, ...)``) to rank ``r``."""
         return ops.scatter(self, x, src, out, async_op, timeout_s)
 
-    def reduce_scatter(self, x: Any, op: Any = ReduceOp.SUM, out: Any = None, *,
-                       async_op: bool = False, timeout_s: float | None = None) -> Any:
+    def reduce_scatter(
+        self,
+        x: Any,
+        op: Any = ReduceOp.SUM,
+        out: Any = None,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Reduce ``x`` (shape ``(world_size, ...)``) across ranks; rank r gets row r."""
         return ops.reduce_scatter(self, x, op, out, async_op, timeout_s)
 
-    def alltoall(self, x: Any, out: Any = None, *, async_op: bool = False,
-                 timeout_s: float | None = None) -> Any:
+    def alltoall(
+        self, x: Any, out: Any = None, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """Row ``p`` of ``x`` goes to rank ``p``; row ``p`` of the result came from rank ``p``."""
         return ops.alltoall(self, x, out, async_op, timeout_s)
 
@@ -241,43 +299,79 @@ class Group:
         """Return once every rank has entered the barrier."""
         return ops.barrier(self, async_op, timeout_s)
 
-    def send(self, x: Any, dst: int, tag: int = 0, *, async_op: bool = False,
-             timeout_s: float | None = None) -> Any:
+    def send(
+        self,
+        x: Any,
+        dst: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Send ``x`` to rank ``dst``; matched by ``recv`` with the same ``tag``."""
         return ops.send(self, x, dst, tag, async_op, timeout_s)
 
-    def recv(self, out: Any, src: int, tag: int = 0, *, async_op: bool = False,
-             timeout_s: float | None = None) -> Any:
+    def recv(
+        self,
+        out: Any,
+        src: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Receive into ``out`` from rank ``src``; returns ``out``."""
         return ops.recv(self, out, src, tag, async_op, timeout_s)
 
-    def broadcast_object(self, obj: Any = None, src: int = 0, *, async_op: bool = False,
-                         timeout_s: float | None = None) -> Any:
+    def broadcast_object(
+        self,
+        obj: Any = None,
+        src: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """``src``'s picklable ``obj`` on every rank."""
         return ops.broadcast_object(self, obj, src, async_op, timeout_s)
 
-    def allgather_object(self, obj: Any, *, async_op: bool = False,
-                         timeout_s: float | None = None) -> Any:
+    def allgather_object(
+        self, obj: Any, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """A list of every rank's ``obj``, in rank order."""
         return ops.allgather_object(self, obj, async_op, timeout_s)
 
-    def gather_object(self, obj: Any, dst: int = 0, *, async_op: bool = False,
-                      timeout_s: float | None = None) -> Any:
+    def gather_object(
+        self, obj: Any, dst: int = 0, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """A list of every rank's ``obj`` on ``dst`` (None elsewhere)."""
         return ops.gather_object(self, obj, dst, async_op, timeout_s)
 
-    def scatter_object(self, objs: Sequence[Any] | None = None, src: int = 0, *,
-                       async_op: bool = False, timeout_s: float | None = None) -> Any:
+    def scatter_object(
+        self,
+        objs: Sequence[Any] | None = None,
+        src: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Element ``r`` of ``src``'s ``objs`` to rank ``r``."""
         return ops.scatter_object(self, objs, src, async_op, timeout_s)
 
-    def send_object(self, obj: Any, dst: int, tag: int = 0, *, async_op: bool = False,
-                    timeout_s: float | None = None) -> Any:
+    def send_object(
+        self,
+        obj: Any,
+        dst: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Send a picklable object to rank ``dst``."""
         return ops.send_object(self, obj, dst, tag, async_op, timeout_s)
 
-    def recv_object(self, src: int, tag: int = 0, *, async_op: bool = False,
-                    timeout_s: float | None = None) -> Any:
+    def recv_object(
+        self, src: int, tag: int = 0, *, async_op: bool = False, timeout_s: float | None = None
+    ) -> Any:
         """Receive an object sent by ``send_object`` from rank ``src``."""
         return ops.recv_object(self, src, tag, async_op, timeout_s)
 
@@ -285,14 +379,25 @@ class Group:
 # --- the per-process table -----------------------------------------------------------------------
 
 
-def init_group(world_size: int, rank: int, name: str = "default", backend: Any = "auto",
-               timeout_s: float = 60.0) -> Group:
+def init_group(
+    world_size: int,
+    rank: int,
+    name: str = "default",
+    backend: Any = "auto",
+    timeout_s: float = 60.0,
+) -> Group:
     """Join group ``name`` as ``rank`` from inside an actor; returns once every rank joined."""
     return _join(world_size, rank, name, backend, timeout_s, None)
 
 
-def _join(world_size: int, rank: int, name: str, backend: Any, timeout_s: float,
-          session_rec: dict[str, Any] | None) -> Group:
+def _join(
+    world_size: int,
+    rank: int,
+    name: str,
+    backend: Any,
+    timeout_s: float,
+    session_rec: dict[str, Any] | None,
+) -> Group:
     name = _check_name(name)
     world_size, rank = _check_world(world_size, rank)
     be = _backend(backend)
@@ -302,7 +407,8 @@ def _join(world_size: int, rank: int, name: str, backend: Any, timeout_s: float,
         if name in _GROUPS:
             raise InvalidArgumentError(
                 f"this process is already rank {_GROUPS[name].rank} of group {name!r}; destroy it "
-                "first, or use another name")
+                "first, or use another name"
+            )
         _GROUPS[name] = None  # type: ignore[assignment]  # reserved while joining
     try:
         joined = rendezvous.join(name, world_size, rank, be, timeout_s, session_rec)
@@ -327,7 +433,8 @@ def get_group(name: str = "default") -> Group:
         return g
     raise GroupNotFoundError(
         f"this process is not a member of group {name!r}: call sideband.init_group(...) here, or "
-        "sideband.create_group(actors, name=...) on the driver")
+        "sideband.create_group(actors, name=...) on the driver"
+    )
 
 
 def is_group_initialized(name: str = "default") -> bool:
@@ -359,8 +466,15 @@ def _actor_label(actor: Any) -> str:
         return repr(actor)
 
 
-def _remote_join(_self: Any, world_size: int, rank: int, name: str, backend: str,
-                 timeout_s: float, rec: dict[str, Any]) -> int:
+def _remote_join(
+    _self: Any,
+    world_size: int,
+    rank: int,
+    name: str,
+    backend: str,
+    timeout_s: float,
+    rec: dict[str, Any],
+) -> int:
     g = _join(world_size, rank, name, backend, timeout_s, rec)
     return g.rank
 
@@ -411,8 +525,9 @@ class GroupHandle:
         self.destroy()
 
 
-def create_group(actors: Sequence[Any], name: str = "default", backend: Any = "auto",
-                 timeout_s: float = 60.0) -> GroupHandle:
+def create_group(
+    actors: Sequence[Any], name: str = "default", backend: Any = "auto", timeout_s: float = 60.0
+) -> GroupHandle:
     """Group ``actors`` (any Ray actors; ranks follow list order); returns once all joined."""
     import ray
 
@@ -425,18 +540,24 @@ def create_group(actors: Sequence[Any], name: str = "default", backend: Any = "a
     if len(set(ids)) != len(ids):
         raise InvalidArgumentError("create_group: the same actor appears twice in the list")
     rec = rendezvous.open_session(name, len(actors), be, timeout_s, ids)
-    refs = [a.__ray_call__.remote(_remote_join, len(actors), i, name, be, timeout_s, rec)
-            for i, a in enumerate(actors)]
+    refs = [
+        a.__ray_call__.remote(_remote_join, len(actors), i, name, be, timeout_s, rec)
+        for i, a in enumerate(actors)
+    ]
     pending = dict(zip(refs, range(len(actors))))
     deadline = time.monotonic() + timeout_s + 5
     error: str | None = None
     while pending and error is None:
-        ready, _ = ray.wait(list(pending), num_returns=1,
-                            timeout=max(0.0, deadline - time.monotonic()))
+        ready, _ = ray.wait(
+            list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+        )
         if not ready:
             ranks = sorted(pending.values())
-            error = ("timed out: " + ", ".join(f"rank {i} ({_actor_label(actors[i])})" for i in ranks)
-                     + " did not join; an actor busy in a long method joins only when it is done")
+            error = (
+                "timed out: "
+                + ", ".join(f"rank {i} ({_actor_label(actors[i])})" for i in ranks)
+                + " did not join; an actor busy in a long method joins only when it is done"
+            )
             break
         for r in ready:
             i = pending.pop(r)
@@ -453,8 +574,14 @@ def create_group(actors: Sequence[Any], name: str = "default", backend: Any = "a
     return GroupHandle(name, actors, rec["session"], be)
 
 
-def declare_group(actors: Sequence[Any], world_size: int, ranks: Sequence[int],
-                  name: str = "default", backend: Any = "auto", timeout_s: float = 60.0) -> None:
+def declare_group(
+    actors: Sequence[Any],
+    world_size: int,
+    ranks: Sequence[int],
+    name: str = "default",
+    backend: Any = "auto",
+    timeout_s: float = 60.0,
+) -> None:
     """Declare a group from the driver; each actor joins on its first ``get_group(name)``.
 
     Unlike :func:`create_group` this does not call the actors, so they may be busy; the group
@@ -467,7 +594,8 @@ def declare_group(actors: Sequence[Any], world_size: int, ranks: Sequence[int],
     if len(actors) != world_size or sorted(ranks) != list(range(world_size)):
         raise InvalidArgumentError(
             f"declare_group({name!r}): need world_size={world_size} actors and ranks "
-            f"0..{world_size - 1} each once; got {len(actors)} actors and ranks {ranks}")
+            f"0..{world_size - 1} each once; got {len(actors)} actors and ranks {ranks}"
+        )
     ids = [a._actor_id.hex() for a in actors]
     rec = rendezvous.open_session(name, world_size, be, timeout_s, ids)
     _kv.put(f"decl/{name}", {"session": rec, "ranks": dict(zip(ids, ranks))})
@@ -489,8 +617,9 @@ def _join_declared(name: str) -> Group | None:
     if rec["session"] in _USED_DECLARATIONS:
         return None  # already joined once and destroyed: a declaration forms one group
     _USED_DECLARATIONS.add(rec["session"])
-    return _join(rec["world_size"], decl["ranks"][actor_id], name, rec["backend"],
-                 rec["timeout_s"], rec)
+    return _join(
+        rec["world_size"], decl["ranks"][actor_id], name, rec["backend"], rec["timeout_s"], rec
+    )
 
 
 def list_groups() -> list[dict[str, Any]]:
@@ -505,13 +634,22 @@ def list_groups() -> list[dict[str, Any]]:
         if ids and not any(_kv.actor_alive(i) for i in ids if i):
             rendezvous.remove_session(rec["name"], rec["session"])
             continue
-        out.append({
-            "name": rec["name"],
-            "session": rec["session"],
-            "world_size": rec["world_size"],
-            "backend": rec["backend"],
-            "state": "ready" if members else "forming",
-            "members": [{"rank": m["rank"], "actor_id": m.get("actor_id"),
-                         "node_id": m.get("node_id"), "pid": m.get("pid")} for m in members],
-        })
+        out.append(
+            {
+                "name": rec["name"],
+                "session": rec["session"],
+                "world_size": rec["world_size"],
+                "backend": rec["backend"],
+                "state": "ready" if members else "forming",
+                "members": [
+                    {
+                        "rank": m["rank"],
+                        "actor_id": m.get("actor_id"),
+                        "node_id": m.get("node_id"),
+                        "pid": m.get("pid"),
+                    }
+                    for m in members
+                ],
+            }
+        )
     return sorted(out, key=lambda g: g["name"])

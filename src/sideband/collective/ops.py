@@ -35,13 +35,22 @@ def descriptor(*parts: Any) -> int:
 # --- reductions --------------------------------------------------------------------------------
 
 _UFUNCS = {
-    ReduceOp.SUM: np.add, ReduceOp.PRODUCT: np.multiply, ReduceOp.MIN: np.minimum,
-    ReduceOp.MAX: np.maximum, ReduceOp.AVG: np.add, ReduceOp.BAND: np.bitwise_and,
-    ReduceOp.BOR: np.bitwise_or, ReduceOp.BXOR: np.bitwise_xor,
+    ReduceOp.SUM: np.add,
+    ReduceOp.PRODUCT: np.multiply,
+    ReduceOp.MIN: np.minimum,
+    ReduceOp.MAX: np.maximum,
+    ReduceOp.AVG: np.add,
+    ReduceOp.BAND: np.bitwise_and,
+    ReduceOp.BOR: np.bitwise_or,
+    ReduceOp.BXOR: np.bitwise_xor,
 }
 _BOOL_UFUNCS = {
-    ReduceOp.SUM: np.logical_or, ReduceOp.PRODUCT: np.logical_and, ReduceOp.MIN: np.logical_and,
-    ReduceOp.MAX: np.logical_or, ReduceOp.BAND: np.logical_and, ReduceOp.BOR: np.logical_or,
+    ReduceOp.SUM: np.logical_or,
+    ReduceOp.PRODUCT: np.logical_and,
+    ReduceOp.MIN: np.logical_and,
+    ReduceOp.MAX: np.logical_or,
+    ReduceOp.BAND: np.logical_and,
+    ReduceOp.BOR: np.logical_or,
     ReduceOp.BXOR: np.logical_xor,
 }
 
@@ -64,8 +73,13 @@ def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
     if dtype == "bfloat16":
         import torch
 
-        tfn = {ReduceOp.SUM: torch.add, ReduceOp.AVG: torch.add, ReduceOp.PRODUCT: torch.mul,
-               ReduceOp.MIN: torch.minimum, ReduceOp.MAX: torch.maximum}.get(op)
+        tfn = {
+            ReduceOp.SUM: torch.add,
+            ReduceOp.AVG: torch.add,
+            ReduceOp.PRODUCT: torch.mul,
+            ReduceOp.MIN: torch.minimum,
+            ReduceOp.MAX: torch.maximum,
+        }.get(op)
         if tfn is None:
             raise InvalidArgumentError(f"{what}: {op.name} is not defined for bfloat16")
 
@@ -82,10 +96,12 @@ def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
     else:
         if kind == "f" and op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR):
             raise InvalidArgumentError(
-                f"{what}: {op.name} needs an integer or bool dtype, got {dtype}")
+                f"{what}: {op.name} needs an integer or bool dtype, got {dtype}"
+            )
         if kind in "iu" and op is ReduceOp.AVG:
             raise InvalidArgumentError(
-                f"{what}: AVG of integers would have to round; use SUM and divide, or a float dtype")
+                f"{what}: AVG of integers would have to round; use SUM and divide, or a float dtype"
+            )
         ufunc = _UFUNCS[op]
 
     def f(acc: np.ndarray, other: np.ndarray) -> None:
@@ -177,8 +193,9 @@ def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None
         buf.finish()
         return x
 
-    return g._submit(f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body,
-                     async_op, timeout_s)
+    return g._submit(
+        f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body, async_op, timeout_s
+    )
 
 
 def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -196,8 +213,13 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
             buf.finish()
         return x
 
-    return g._submit(f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})", desc, body,
-                     async_op, timeout_s)
+    return g._submit(
+        f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
+        desc,
+        body,
+        async_op,
+        timeout_s,
+    )
 
 
 def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -211,8 +233,9 @@ def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | Non
         buf.finish()
         return x
 
-    return g._submit(f"broadcast({buf.dtype}{list(buf.shape)}, src={src})", desc, body, async_op,
-                     timeout_s)
+    return g._submit(
+        f"broadcast({buf.dtype}{list(buf.shape)}, src={src})", desc, body, async_op, timeout_s
+    )
 
 
 def allgather(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -245,8 +268,9 @@ def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: floa
         ob.finish()
         return out
 
-    return g._submit(f"gather({buf.dtype}{list(buf.shape)}, dst={dst})", desc, body, async_op,
-                     timeout_s)
+    return g._submit(
+        f"gather({buf.dtype}{list(buf.shape)}, dst={dst})", desc, body, async_op, timeout_s
+    )
 
 
 def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -289,8 +313,9 @@ def _template(dtype: str, out: Any) -> Buffer:
     return as_buffer(np.empty(0, dtype=dtype_from_name(dtype)), "scatter", writable=False)
 
 
-def reduce_scatter(g: Group, x: Any, op: Any, out: Any, async_op: bool,
-                   timeout_s: float | None) -> Any:
+def reduce_scatter(
+    g: Group, x: Any, op: Any, out: Any, async_op: bool, timeout_s: float | None
+) -> Any:
     what = _what(g, "reduce_scatter")
     rop = reduce_op(op)
     buf = as_buffer(x, what, writable=False)
@@ -305,8 +330,9 @@ def reduce_scatter(g: Group, x: Any, op: Any, out: Any, async_op: bool,
         ob.finish()
         return out
 
-    return g._submit(f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body,
-                     async_op, timeout_s)
+    return g._submit(
+        f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body, async_op, timeout_s
+    )
 
 
 def alltoall(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -341,8 +367,14 @@ def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float 
     def body(o: alg.Op) -> None:
         o.comm.exchange([(dst, alg._bytes(buf.arr))], [], KIND_P2P, tag, desc)
 
-    return g._submit(f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})", 0, body,
-                     async_op, timeout_s, p2p=True)
+    return g._submit(
+        f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})",
+        0,
+        body,
+        async_op,
+        timeout_s,
+        p2p=True,
+    )
 
 
 def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -356,33 +388,48 @@ def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: floa
         buf.finish()
         return out
 
-    return g._submit(f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})", 0, body,
-                     async_op, timeout_s, p2p=True)
+    return g._submit(
+        f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})",
+        0,
+        body,
+        async_op,
+        timeout_s,
+        p2p=True,
+    )
 
 
 # --- objects -----------------------------------------------------------------------------------
 
 
-def _obj_op(g: Group, label: str, body: Callable[[alg.Op], Any], async_op: bool,
-            timeout_s: float | None, *desc_parts: Any) -> Any:
+def _obj_op(
+    g: Group,
+    label: str,
+    body: Callable[[alg.Op], Any],
+    async_op: bool,
+    timeout_s: float | None,
+    *desc_parts: Any,
+) -> Any:
     return g._submit(label, descriptor(label, *desc_parts), body, async_op, timeout_s)
 
 
 def broadcast_object(g: Group, obj: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
     src = check_rank(g, src, "src", "broadcast_object")
-    return _obj_op(g, "broadcast_object", lambda o: alg.broadcast_object(o, obj, src), async_op,
-                   timeout_s, src)
+    return _obj_op(
+        g, "broadcast_object", lambda o: alg.broadcast_object(o, obj, src), async_op, timeout_s, src
+    )
 
 
 def allgather_object(g: Group, obj: Any, async_op: bool, timeout_s: float | None) -> Any:
-    return _obj_op(g, "allgather_object", lambda o: alg.allgather_object(o, obj), async_op,
-                   timeout_s)
+    return _obj_op(
+        g, "allgather_object", lambda o: alg.allgather_object(o, obj), async_op, timeout_s
+    )
 
 
 def gather_object(g: Group, obj: Any, dst: Any, async_op: bool, timeout_s: float | None) -> Any:
     dst = check_rank(g, dst, "dst", "gather_object")
-    return _obj_op(g, "gather_object", lambda o: alg.gather_object(o, obj, dst), async_op,
-                   timeout_s, dst)
+    return _obj_op(
+        g, "gather_object", lambda o: alg.gather_object(o, obj, dst), async_op, timeout_s, dst
+    )
 
 
 def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
@@ -390,13 +437,16 @@ def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: flo
     if g.rank == src and (objs is None or len(objs) != g.world_size):
         raise InvalidArgumentError(
             f"{_what(g, 'scatter_object')}: the src rank must pass a sequence of world_size="
-            f"{g.world_size} objects")
-    return _obj_op(g, "scatter_object", lambda o: alg.scatter_object(o, objs, src), async_op,
-                   timeout_s, src)
+            f"{g.world_size} objects"
+        )
+    return _obj_op(
+        g, "scatter_object", lambda o: alg.scatter_object(o, objs, src), async_op, timeout_s, src
+    )
 
 
-def send_object(g: Group, obj: Any, dst: Any, tag: Any, async_op: bool,
-                timeout_s: float | None) -> Any:
+def send_object(
+    g: Group, obj: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None
+) -> Any:
     from sideband import guard
 
     dst = _check_peer(g, dst, "dst", "send_object")

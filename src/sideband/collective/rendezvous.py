@@ -60,8 +60,13 @@ def _ray_ids() -> tuple[str | None, str | None]:
         return None, None
 
 
-def open_session(name: str, world_size: int, backend: str, timeout_s: float,
-                 actor_ids: list[str | None] | None = None) -> dict[str, Any]:
+def open_session(
+    name: str,
+    world_size: int,
+    backend: str,
+    timeout_s: float,
+    actor_ids: list[str | None] | None = None,
+) -> dict[str, Any]:
     """Create a fresh session record for group ``name`` (done by rank 0 or the driver)."""
     rec = {
         "name": name,
@@ -99,8 +104,14 @@ class Joined:
     backend: str
 
 
-def join(name: str, world_size: int, rank: int, backend: str, timeout_s: float,
-         session_rec: dict[str, Any] | None = None) -> Joined:
+def join(
+    name: str,
+    world_size: int,
+    rank: int,
+    backend: str,
+    timeout_s: float,
+    session_rec: dict[str, Any] | None = None,
+) -> Joined:
     """Register this process as ``rank`` of group ``name`` and connect to the other members."""
     deadline = time.monotonic() + timeout_s
     shm.remove_stale_segments()
@@ -108,7 +119,9 @@ def join(name: str, world_size: int, rank: int, backend: str, timeout_s: float,
     if backend in (Backend.AUTO.value, Backend.TCP.value) and world_size > 1:
         listener = tcp.Listener(_net.node_address())
     try:
-        session_rec, roster = _agree(name, world_size, rank, backend, deadline, session_rec, listener)
+        session_rec, roster = _agree(
+            name, world_size, rank, backend, deadline, session_rec, listener
+        )
         comm = _connect(name, rank, world_size, backend, session_rec, roster, listener, deadline)
     finally:
         if listener is not None:
@@ -116,15 +129,28 @@ def join(name: str, world_size: int, rank: int, backend: str, timeout_s: float,
     return Joined(session_rec["session"], roster, comm, backend)
 
 
-def _agree(name: str, world_size: int, rank: int, backend: str, deadline: float,
-           rec: dict[str, Any] | None, listener: tcp.Listener | None,
-           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _agree(
+    name: str,
+    world_size: int,
+    rank: int,
+    backend: str,
+    deadline: float,
+    rec: dict[str, Any] | None,
+    listener: tcp.Listener | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     actor_id, node_id = _ray_ids()
     nonce = uuid.uuid4().hex
     entry = {
-        "rank": rank, "world_size": world_size, "backend": backend, "nonce": nonce,
-        "actor_id": actor_id, "node_id": node_id, "pid": os.getpid(), "host_key": host_key(),
-        "host": listener.host if listener else None, "port": listener.port if listener else None,
+        "rank": rank,
+        "world_size": world_size,
+        "backend": backend,
+        "nonce": nonce,
+        "actor_id": actor_id,
+        "node_id": node_id,
+        "pid": os.getpid(),
+        "host_key": host_key(),
+        "host": listener.host if listener else None,
+        "port": listener.port if listener else None,
     }
     fixed = rec is not None
     if rec is None and rank == 0:
@@ -169,9 +195,13 @@ def _collect(name: str, rec: dict[str, Any], world_size: int) -> list[dict[str, 
     entries = sorted(members.values(), key=lambda e: e["rank"])
     bad = [e for e in entries if e["world_size"] != world_size or e["backend"] != rec["backend"]]
     if bad or [e["rank"] for e in entries] != list(range(world_size)):
-        err = {"error": "members disagree on world size, ranks or backend: " + ", ".join(
-            f"rank {e['rank']} (world_size={e['world_size']}, backend={e['backend']!r})"
-            for e in entries)}
+        err = {
+            "error": "members disagree on world size, ranks or backend: "
+            + ", ".join(
+                f"rank {e['rank']} (world_size={e['world_size']}, backend={e['backend']!r})"
+                for e in entries
+            )
+        }
         _kv.put(roster_key(name, rec["session"]), err)
         return err
     _kv.put(roster_key(name, rec["session"]), entries)
@@ -180,18 +210,29 @@ def _collect(name: str, rec: dict[str, Any], world_size: int) -> list[dict[str, 
 
 def _join_timeout_message(name: str, rank: int, world_size: int, rec: dict[str, Any] | None) -> str:
     if rec is None:
-        return (f"group {name!r}, rank {rank}: rank 0 never opened the group; check that some "
-                "actor calls init_group(..., rank=0) with the same name")
+        return (
+            f"group {name!r}, rank {rank}: rank 0 never opened the group; check that some "
+            "actor calls init_group(..., rank=0) with the same name"
+        )
     present = {int(k.rsplit("/", 1)[1]) for k in _kv.keys(_member_prefix(name, rec["session"]))}
     missing = sorted(set(range(world_size)) - present)
-    return (f"group {name!r}, rank {rank}: timed out waiting for ranks {missing} to join "
-            f"(world_size={world_size}); check that every rank calls init_group with the same "
-            "name and world size, or raise timeout_s")
+    return (
+        f"group {name!r}, rank {rank}: timed out waiting for ranks {missing} to join "
+        f"(world_size={world_size}); check that every rank calls init_group with the same "
+        "name and world size, or raise timeout_s"
+    )
 
 
-def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str, Any],
-             roster: list[dict[str, Any]], listener: tcp.Listener | None,
-             deadline: float) -> Comm:
+def _connect(
+    name: str,
+    rank: int,
+    world_size: int,
+    backend: str,
+    rec: dict[str, Any],
+    roster: list[dict[str, Any]],
+    listener: tcp.Listener | None,
+    deadline: float,
+) -> Comm:
     me = roster[rank]
     if backend == Backend.TCP.value:
         local = [rank]
@@ -219,8 +260,15 @@ def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str,
         remote = [p for p in range(world_size) if p not in local]
         secret = bytes.fromhex(rec["secret"])
         holder: dict[str, Any] = {}
-        comm = Comm(rank, world_size, channels, own,
-                    {p: roster[p]["pid"] for p in local if p != rank}, name, spin_default(len(local)))
+        comm = Comm(
+            rank,
+            world_size,
+            channels,
+            own,
+            {p: roster[p]["pid"] for p in local if p != rank},
+            name,
+            spin_default(len(local)),
+        )
         accept_from = {p for p in remote if p > rank}
         acceptor = None
         if accept_from:
@@ -228,8 +276,9 @@ def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str,
 
             def _accept() -> None:
                 try:
-                    holder["socks"] = listener.accept_peers(session, secret, accept_from, deadline,
-                                                            lambda: None)
+                    holder["socks"] = listener.accept_peers(
+                        session, secret, accept_from, deadline, lambda: None
+                    )
                 except BaseException as e:  # reported by the joining thread
                     holder["error"] = e
 
@@ -237,8 +286,9 @@ def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str,
             acceptor.start()
         for p in remote:
             if p < rank:
-                sock = tcp.connect_peer(roster[p]["host"], roster[p]["port"], session, secret, rank,
-                                        deadline)
+                sock = tcp.connect_peer(
+                    roster[p]["host"], roster[p]["port"], session, secret, rank, deadline
+                )
                 channels[p] = tcp.TcpChannel(p, sock, own.ring_doorbell, comm.on_remote_abort)
         if acceptor is not None:
             acceptor.join()
@@ -265,5 +315,6 @@ def _connect(name: str, rank: int, world_size: int, backend: str, rec: dict[str,
             own.close()
         if isinstance(e, CollectiveError):
             raise
-        raise RendezvousError(f"group {name!r}, rank {rank}: could not connect to the other "
-                              f"members: {e}") from e
+        raise RendezvousError(
+            f"group {name!r}, rank {rank}: could not connect to the other members: {e}"
+        ) from e

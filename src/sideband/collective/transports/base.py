@@ -41,5 +41,6 @@ class Channel(ABC):
         """Why the peer is unreachable, or None while it is fine."""
         return None
 
+    @abstractmethod
     def close(self) -> None:
         """Release the channel's resources; idempotent."""

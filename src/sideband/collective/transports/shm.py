@@ -152,8 +152,14 @@ class ShmChannel(Channel):
 
     kind = "shm"
 
-    def __init__(self, peer: int, own: Segment, own_slot_for_peer: int, peer_seg: Segment,
-                 peer_slot_for_me: int) -> None:
+    def __init__(
+        self,
+        peer: int,
+        own: Segment,
+        own_slot_for_peer: int,
+        peer_seg: Segment,
+        peer_slot_for_me: int,
+    ) -> None:
         super().__init__(peer)
         self.own = own
         self.peer_seg = peer_seg
@@ -196,7 +202,13 @@ class ShmChannel(Channel):
         self.peer_seg.set_abort(reason)
 
     def close(self) -> None:
-        for v in (self.in_head, self.in_tail, self.in_data, self.out_head, self.out_tail,
-                  self.out_data):
+        for v in (
+            self.in_head,
+            self.in_tail,
+            self.in_data,
+            self.out_head,
+            self.out_tail,
+            self.out_data,
+        ):
             v.release()
         self.peer_seg.close()

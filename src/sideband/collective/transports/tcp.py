@@ -62,8 +62,14 @@ class Listener:
         self.host = host
         self.port = self.sock.getsockname()[1]
 
-    def accept_peers(self, session: str, secret: bytes, expected: set[int], deadline: float,
-                     check: Callable[[], None]) -> dict[int, socket.socket]:
+    def accept_peers(
+        self,
+        session: str,
+        secret: bytes,
+        expected: set[int],
+        deadline: float,
+        check: Callable[[], None],
+    ) -> dict[int, socket.socket]:
         """Accept one authenticated connection from each rank in ``expected``."""
         out: dict[int, socket.socket] = {}
         digest = _session_digest(session)
@@ -90,7 +96,9 @@ class Listener:
                     raise PermissionError("bad membership proof")
                 conn.sendall(_mac(secret, b"accept", digest, nonce_c, nonce_a))
             except (OSError, PermissionError, struct.error) as e:
-                log.warning("sideband: rejected a connection from %s to group listener: %s", addr, e)
+                log.warning(
+                    "sideband: rejected a connection from %s to group listener: %s", addr, e
+                )
                 conn.close()
                 continue
             out[rank] = conn
@@ -100,14 +108,17 @@ class Listener:
         self.sock.close()
 
 
-def connect_peer(host: str, port: int, session: str, secret: bytes, my_rank: int,
-                 deadline: float) -> socket.socket:
+def connect_peer(
+    host: str, port: int, session: str, secret: bytes, my_rank: int, deadline: float
+) -> socket.socket:
     """Connect to a lower rank's listener and run the mutual membership proof."""
     digest = _session_digest(session)
     delay = 0.005
     while True:
         try:
-            sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
+            sock = socket.create_connection(
+                (host, port), timeout=max(0.05, deadline - time.monotonic())
+            )
             break
         except OSError:
             if time.monotonic() > deadline:
@@ -133,8 +144,13 @@ class TcpChannel(Channel):
 
     kind = "tcp"
 
-    def __init__(self, peer: int, sock: socket.socket, on_data: Callable[[], None],
-                 on_abort: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        peer: int,
+        sock: socket.socket,
+        on_data: Callable[[], None],
+        on_abort: Callable[[str], None],
+    ) -> None:
         super().__init__(peer)
         self.sock = sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,8 +161,9 @@ class TcpChannel(Channel):
         self._lost: str | None = None
         self._closing = False
         self._send_lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read_loop, name=f"sideband-tcp-{peer}",
-                                        daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"sideband-tcp-{peer}", daemon=True
+        )
         self._reader.start()
 
     # -- reader thread -------------------------------------------------------------------------
