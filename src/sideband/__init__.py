@@ -12,6 +12,7 @@ from sideband.collective.group import (
     destroy_group,
     get_group,
     init_group,
+    is_group_initialized,
     list_groups,
 )
 from sideband.collective.types import ReduceOp
@@ -70,6 +71,7 @@ __all__ = [
     "guard",
     "http",
     "init_group",
+    "is_group_initialized",
     "list_groups",
 ]
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from sideband import guard
 from sideband.collective.comm import KIND_COLL, Comm
 
 Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc = acc (op) other
@@ -280,55 +279,47 @@ def barrier(op: Op) -> None:
         k *= 2
 
 
-# --- objects -----------------------------------------------------------------------------------
+# --- objects (pickled by ops.py before anything moves, unpickled by it after) -----------------
 
 
-def broadcast_object(op: Op, obj: Any, root: int) -> Any:
+def broadcast_bytes(op: Op, data: bytes | None, root: int) -> memoryview:
     r, n = op.rank, op.n
     if r == root:
-        data = guard.dumps(obj, where=f"broadcast_object from rank {r}")
+        assert data is not None
         op.exchange([(p, data) for p in range(n) if p != root], [])
-        return obj
-    (data,) = op.exchange([], [(root, None)])
-    return guard.loads(data)
+        return memoryview(data)
+    (got,) = op.exchange([], [(root, None)])
+    return got
 
 
-def allgather_object(op: Op, obj: Any) -> list[Any]:
+def allgather_bytes(op: Op, data: bytes) -> list[memoryview]:
     r, n = op.rank, op.n
-    data = guard.dumps(obj, where=f"allgather_object on rank {r}")
     others = [p for p in range(n) if p != r]
     got = op.exchange([(p, data) for p in others], [(p, None) for p in others])
-    out: list[Any] = [None] * n
-    out[r] = obj
+    out = [memoryview(data)] * n
     for p, d in zip(others, got):
-        out[p] = guard.loads(d)
+        out[p] = d
     return out
 
 
-def gather_object(op: Op, obj: Any, root: int) -> list[Any] | None:
+def gather_bytes(op: Op, data: bytes, root: int) -> list[memoryview] | None:
     r, n = op.rank, op.n
     if r != root:
-        op.exchange([(root, guard.dumps(obj, where=f"gather_object on rank {r}"))], [])
+        op.exchange([(root, data)], [])
         return None
     others = [p for p in range(n) if p != root]
     got = op.exchange([], [(p, None) for p in others])
-    out: list[Any] = [None] * n
-    out[r] = obj
+    out = [memoryview(data)] * n
     for p, d in zip(others, got):
-        out[p] = guard.loads(d)
+        out[p] = d
     return out
 
 
-def scatter_object(op: Op, objs: list[Any] | None, root: int) -> Any:
+def scatter_bytes(op: Op, parts: list[bytes] | None, root: int) -> memoryview:
     r, n = op.rank, op.n
     if r == root:
-        assert objs is not None
-        sends = [
-            (p, guard.dumps(objs[p], where=f"scatter_object to rank {p}"))
-            for p in range(n)
-            if p != root
-        ]
-        op.exchange(sends, [])
-        return objs[r]
-    (data,) = op.exchange([], [(root, None)])
-    return guard.loads(data)
+        assert parts is not None
+        op.exchange([(p, parts[p]) for p in range(n) if p != root], [])
+        return memoryview(parts[r])
+    (got,) = op.exchange([], [(root, None)])
+    return got

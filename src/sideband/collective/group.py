@@ -168,9 +168,10 @@ class Group:
                 comm.deadline = time.monotonic() + timeout
                 try:
                     return body(Op(comm, seq & 0xFFFFFFFF, desc, self._scratch))
-                except InvalidArgumentError:
-                    raise
                 except CollectiveError as e:
+                    # Whatever fails once messages may have moved leaves the streams out of
+                    # step: the group is broken on every rank (argument errors are raised
+                    # before this point and leave it usable).
                     comm.abort(e)
                     raise
                 except (ConnectionError, OSError) as e:

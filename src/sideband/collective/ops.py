@@ -10,11 +10,11 @@ descriptor, so ranks that disagree raise :class:`MismatchError` instead of excha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sideband import guard
 from sideband.collective import algorithms as alg
 from sideband.collective.buffers import Buffer, as_buffer, dtype_from_name, empty_like_buffer
 from sideband.collective.comm import KIND_P2P
@@ -177,6 +177,17 @@ def _out(g: Group, out: Any, like: Buffer, shape: tuple[int, ...], op: str) -> t
     return out, ob
 
 
+def _agree(o: alg.Op) -> None:
+    """End a rooted op with an empty all-to-all exchange carrying the op's descriptor.
+
+    In a rooted op some ranks receive nothing (the root of a broadcast, the non-roots of a
+    reduce), so they could not notice that others disagree on the root or the size. After this
+    exchange every rank has heard from every other rank within the same op, so a disagreement
+    raises MismatchError on all of them. It costs one small message per peer.
+    """
+    alg.barrier(o)
+
+
 # --- array ops ---------------------------------------------------------------------------------
 
 
@@ -208,6 +219,7 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
 
     def body(o: alg.Op) -> Any:
         alg.reduce(o, buf.arr, dst, red)
+        _agree(o)
         if g.rank == dst:
             _finish_avg(rop, buf, g.world_size)
             buf.finish()
@@ -230,6 +242,7 @@ def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | Non
 
     def body(o: alg.Op) -> Any:
         alg.broadcast(o, buf.arr, src)
+        _agree(o)
         buf.finish()
         return x
 
@@ -263,6 +276,7 @@ def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: floa
 
     def body(o: alg.Op) -> Any:
         alg.gather(o, buf.arr, dst, None if ob is None else ob.arr.reshape(g.world_size, -1))
+        _agree(o)
         if ob is None:
             return None
         ob.finish()
@@ -283,16 +297,18 @@ def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: flo
             raise InvalidArgumentError(f"{what}: the src rank must pass the array to scatter")
         buf = as_buffer(x, what, writable=False)
         row = _rows(g, buf, "scatter")
-        metas = [(buf.dtype, row)] * g.world_size
+        metas = guard.dumps((buf.dtype, row))
     desc = descriptor("scatter", src)
 
     def body(o: alg.Op) -> Any:
         nonlocal out
-        dtype, row = alg.scatter_object(o, metas, src)  # tiny: the chunk's dtype and shape
+        # First the chunk's dtype and shape (non-src ranks may not know them), then the data.
+        dtype, row = guard.loads(alg.broadcast_bytes(o, metas, src))
         like = buf if buf is not None else _template(dtype, out)
         out, ob = _out(g, out, like, tuple(row), "scatter")
         arr = None if buf is None else buf.arr.reshape(g.world_size, -1)
         alg.scatter(o, arr, src, ob.arr)
+        _agree(o)
         ob.finish()
         return out
 
@@ -399,56 +415,70 @@ def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: floa
 
 
 # --- objects -----------------------------------------------------------------------------------
-
-
-def _obj_op(
-    g: Group,
-    label: str,
-    body: Callable[[alg.Op], Any],
-    async_op: bool,
-    timeout_s: float | None,
-    *desc_parts: Any,
-) -> Any:
-    return g._submit(label, descriptor(label, *desc_parts), body, async_op, timeout_s)
+# Objects are pickled (refusing ObjectRefs) before anything is sent, so a bad object leaves the
+# group usable, and unpickled only after the op: every peer is an authenticated member.
 
 
 def broadcast_object(g: Group, obj: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
     src = check_rank(g, src, "src", "broadcast_object")
-    return _obj_op(
-        g, "broadcast_object", lambda o: alg.broadcast_object(o, obj, src), async_op, timeout_s, src
+    data = guard.dumps(obj, where=f"broadcast_object on rank {g.rank}") if g.rank == src else None
+
+    def body(o: alg.Op) -> Any:
+        got = alg.broadcast_bytes(o, data, src)
+        _agree(o)
+        return obj if g.rank == src else guard.loads(got)
+
+    return g._submit(
+        "broadcast_object", descriptor("broadcast_object", src), body, async_op, timeout_s
     )
 
 
 def allgather_object(g: Group, obj: Any, async_op: bool, timeout_s: float | None) -> Any:
-    return _obj_op(
-        g, "allgather_object", lambda o: alg.allgather_object(o, obj), async_op, timeout_s
-    )
+    data = guard.dumps(obj, where=f"allgather_object on rank {g.rank}")
+
+    def body(o: alg.Op) -> Any:
+        got = alg.allgather_bytes(o, data)
+        return [obj if p == g.rank else guard.loads(d) for p, d in enumerate(got)]
+
+    return g._submit("allgather_object", descriptor("allgather_object"), body, async_op, timeout_s)
 
 
 def gather_object(g: Group, obj: Any, dst: Any, async_op: bool, timeout_s: float | None) -> Any:
     dst = check_rank(g, dst, "dst", "gather_object")
-    return _obj_op(
-        g, "gather_object", lambda o: alg.gather_object(o, obj, dst), async_op, timeout_s, dst
-    )
+    data = guard.dumps(obj, where=f"gather_object on rank {g.rank}")
+
+    def body(o: alg.Op) -> Any:
+        got = alg.gather_bytes(o, data, dst)
+        _agree(o)
+        if got is None:
+            return None
+        return [obj if p == g.rank else guard.loads(d) for p, d in enumerate(got)]
+
+    return g._submit("gather_object", descriptor("gather_object", dst), body, async_op, timeout_s)
 
 
 def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
     src = check_rank(g, src, "src", "scatter_object")
-    if g.rank == src and (objs is None or len(objs) != g.world_size):
-        raise InvalidArgumentError(
-            f"{_what(g, 'scatter_object')}: the src rank must pass a sequence of world_size="
-            f"{g.world_size} objects"
-        )
-    return _obj_op(
-        g, "scatter_object", lambda o: alg.scatter_object(o, objs, src), async_op, timeout_s, src
-    )
+    parts = None
+    if g.rank == src:
+        if objs is None or len(objs) != g.world_size:
+            raise InvalidArgumentError(
+                f"{_what(g, 'scatter_object')}: the src rank must pass a sequence of "
+                f"world_size={g.world_size} objects"
+            )
+        parts = [guard.dumps(x, where=f"scatter_object on rank {g.rank}") for x in objs]
+
+    def body(o: alg.Op) -> Any:
+        got = alg.scatter_bytes(o, parts, src)
+        _agree(o)
+        return objs[src] if g.rank == src else guard.loads(got)
+
+    return g._submit("scatter_object", descriptor("scatter_object", src), body, async_op, timeout_s)
 
 
 def send_object(
     g: Group, obj: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None
 ) -> Any:
-    from sideband import guard
-
     dst = _check_peer(g, dst, "dst", "send_object")
     tag = _check_tag(g, tag, "send_object")
     data = guard.dumps(obj, where=f"send_object from rank {g.rank} to rank {dst}")
@@ -460,8 +490,6 @@ def send_object(
 
 
 def recv_object(g: Group, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
-    from sideband import guard
-
     src = _check_peer(g, src, "src", "recv_object")
     tag = _check_tag(g, tag, "recv_object")
 
