@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -353,24 +354,37 @@ def test_dead_peer_raises_peer_lost(actors, backend):
     h.destroy()
 
 
+@dataclasses.dataclass
+class Holder:
+    payload: object
+
+
 def _send_ref(self, name):
     g = sideband.get_group(name)
     ref = ray.put(1)
+    msgs = []
+    for obj in ({"nested": [ref]}, Holder(payload=(1, ref))):
+        try:
+            g.allgather_object(obj)
+        except sideband.OutOfBandRefError as e:
+            msgs.append(str(e))
     try:
-        g.allgather_object({"nested": [ref]})
+        g.send_object(Holder(ref), dst=1 - g.rank)
     except sideband.OutOfBandRefError as e:
-        msg = str(e)
+        msgs.append(str(e))
+    # The documented opt-out lets a ref through for users who keep it alive themselves.
     with sideband.guard.allow_object_refs():
-        pass
-    return msg, g.allgather_object(g.rank)
+        refs = g.allgather_object(ref)
+    return msgs, g.allgather_object(g.rank), len(refs)
 
 
 def test_guard_refuses_object_refs_and_keeps_group(actors):
     ws = actors(2)
     h = sideband.create_group(ws, name="guard")
-    for msg, after in on_all(ws, _send_ref, "guard"):
-        assert "ObjectRef" in msg and "ray.get" in msg
-        assert after == [0, 1]
+    for msgs, after, nrefs in on_all(ws, _send_ref, "guard"):
+        assert len(msgs) == 3
+        assert all("ObjectRef" in m and "ray.get" in m for m in msgs)
+        assert after == [0, 1] and nrefs == 2
     h.destroy()
 
 

@@ -33,6 +33,11 @@ KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by
 _HDR = HEADER.size
 _SLICE_S = 0.1
 _PID_CHECK_S = 0.5
+# Remote peers' liveness comes from Ray (a GCS query), asked only while an op has been blocked
+# this long, and then at most this often: idle groups cost nothing, and a lost node is noticed
+# within seconds even when its TCP connections never see a FIN.
+_RAY_CHECK_AFTER_S = 1.0
+_RAY_CHECK_EVERY_S = 1.0
 
 # Errors that cross ranks inside an abort reason keep their class.
 _ABORT_CLASSES: dict[str, type[CollectiveError]] = {
@@ -194,7 +199,8 @@ class Comm:
         world_size: int,
         channels: dict[int, Channel],
         own: Segment,
-        local_pids: dict[int, int],
+        roster: list[dict],
+        local: list[int],
         label: str,
         spin: int,
     ) -> None:
@@ -202,7 +208,8 @@ class Comm:
         self.world_size = world_size
         self.channels = channels
         self.own = own
-        self.local_pids = local_pids
+        self.roster = roster
+        self.local_pids = {p: roster[p]["pid"] for p in local if p != rank}
         self.label = label
         self.spin = spin
         self._bell = own.doorbell
@@ -212,11 +219,47 @@ class Comm:
             int, collections.defaultdict[tuple[int, int], collections.deque]
         ] = collections.defaultdict(lambda: collections.defaultdict(collections.deque))
         self._next_pid_check = 0.0
+        self._next_ray_check = 0.0
+        self._waiting_on: list[int] = []
         self.current_op = ""
+        self.started = 0.0
         self.deadline = float("inf")
 
     def describe(self) -> str:
         return f"rank {self.rank} of group {self.label!r}: {self.current_op}"
+
+    def who(self, peer: int) -> str:
+        e = self.roster[peer]
+        actor = f"actor {e['actor_id']}" if e.get("actor_id") else "a non-actor process"
+        return f"rank {peer} ({actor}, pid {e['pid']})"
+
+    def begin(self, label: str, seq: int | None, timeout_s: float) -> None:
+        """Note the start of an op: its label for errors, its deadline, and (collectives) that
+        this rank has entered op ``seq``."""
+        self.current_op = label
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        if seq is not None:
+            self.own.entered[0] = (seq + 1) & 0xFFFFFFFF
+
+    def end(self) -> None:
+        self.current_op = ""
+        self.deadline = float("inf")
+
+    def _not_arrived(self) -> list[int]:
+        """Ranks that never entered this op (local peers, read from their segments), else the
+        peers this rank was still waiting for."""
+        mine = self.own.entered[0]
+        late = []
+        for p, ch in self.channels.items():
+            seg = getattr(ch, "peer_seg", None)
+            if (
+                seg is not None
+                and ((mine - seg.entered[0]) & 0xFFFFFFFF) not in (0,)
+                and ((mine - seg.entered[0]) & 0xFFFFFFFF) < 1 << 31
+            ):
+                late.append(p)
+        return sorted(late) or sorted(self._waiting_on)
 
     # -- failure -------------------------------------------------------------------------------
     def abort_reason(self) -> str | None:
@@ -249,30 +292,54 @@ class Comm:
         """Raise if the op must stop: abort, lost peer, deadline."""
         self.raise_if_aborted()
         now = time.monotonic()
-        for ch in self.channels.values():
+        for p, ch in self.channels.items():
             why = ch.lost()
             if why:
-                raise PeerLostError(
-                    f"{self.describe()}: {why}. The peer process died or its node is unreachable; "
-                    "destroy the group and create it again with live actors."
-                )
+                self._lost(p, why)
         if now >= self._next_pid_check:
             self._next_pid_check = now + _PID_CHECK_S
             for peer, pid in self.local_pids.items():
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
-                    raise PeerLostError(
-                        f"{self.describe()}: rank {peer} (pid {pid}) died. Destroy the group and "
-                        "create it again with live actors."
-                    ) from None
+                    self._lost(peer, "its process died")
                 except PermissionError:
                     pass
+        if now - self.started > _RAY_CHECK_AFTER_S and now >= self._next_ray_check:
+            self._next_ray_check = now + _RAY_CHECK_EVERY_S
+            self._check_remote_actors()
         if now > self.deadline:
+            late = self._not_arrived()
             raise CollectiveTimeoutError(
-                f"{self.describe()}: timed out; some ranks did not take part in time. Pass a larger "
-                "timeout_s, or check that every rank calls the same operations in the same order."
+                f"{self.describe()}: timed out after {now - self.started:.1f} s waiting for "
+                f"{', '.join(self.who(p) for p in late) or 'other ranks'}. Check that every rank "
+                "calls the same operations in the same order, or pass a larger timeout_s."
             )
+
+    def _lost(self, peer: int, why: str) -> None:
+        raise PeerLostError(
+            f"{self.describe()}: lost {self.who(peer)}: {why}. Destroy the group and create it "
+            "again with live actors."
+        )
+
+    def _check_remote_actors(self) -> None:
+        remote = [p for p in self._waiting_on if p not in self.local_pids]
+        ids = {p: self.roster[p].get("actor_id") for p in remote}
+        if not any(ids.values()):
+            return
+        try:
+            from ray._private import state
+        except ImportError:  # pragma: no cover - ray is a required dependency
+            return
+        for p, actor_id in ids.items():
+            if not actor_id:
+                continue
+            try:
+                info = state.actors(actor_id)
+            except Exception:
+                return  # Ray itself is unreachable: leave it to the deadline
+            if info and info.get("State") == "DEAD":
+                self._lost(p, "Ray reports its actor dead (the process or its node is gone)")
 
     # -- progress ------------------------------------------------------------------------------
     def run(self, states: Sequence[_Send | _Recv]) -> None:
@@ -291,6 +358,9 @@ class Comm:
                 return
             if progressed:
                 continue
+            self._waiting_on = [
+                st.ch.peer if isinstance(st, _Send) else st.peer for st in states if not st.done
+            ]
             check()
             for _ in range(self.spin):
                 if bell[0] != seen:

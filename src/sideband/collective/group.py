@@ -164,8 +164,7 @@ class Group:
         def run() -> Any:
             with self._op_lock:
                 self._check_usable()
-                comm.current_op = label
-                comm.deadline = time.monotonic() + timeout
+                comm.begin(label, None if p2p else seq, timeout)
                 try:
                     return body(Op(comm, seq & 0xFFFFFFFF, desc, self._scratch))
                 except CollectiveError as e:
@@ -182,8 +181,7 @@ class Group:
                     comm.abort(e)
                     raise
                 finally:
-                    comm.deadline = float("inf")
-                    comm.current_op = ""
+                    comm.end()
 
         if async_op or (self._last is not None and not self._last.done()):
             if self._executor is None:

@@ -265,7 +265,8 @@ def _connect(
             world_size,
             channels,
             own,
-            {p: roster[p]["pid"] for p in local if p != rank},
+            roster,
+            local,
             name,
             spin_default(len(local)),
         )
@@ -298,12 +299,11 @@ def _connect(
                 channels[p] = tcp.TcpChannel(p, sock, own.ring_doorbell, comm.on_remote_abort)
         # Every peer has mapped our segment once this barrier passes: unlink it now, so nothing
         # is left in /dev/shm whatever happens to this process later.
-        comm.deadline = deadline
-        comm.current_op = "connect"
+        comm.begin("connect", None, max(0.0, deadline - time.monotonic()))
         from sideband.collective import algorithms
 
         algorithms.barrier(algorithms.Op(comm, 0xFFFFFFFF, 0, lambda k, n: None))  # type: ignore[arg-type]
-        comm.deadline = float("inf")
+        comm.end()
         own.unlink()
         return comm
     except BaseException as e:

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from sideband.collective import futex
 from sideband.collective.transports.base import Channel
 
-_CTRL = 4096  # control block: doorbell @0, abort flag @64, reason length @68, reason @128
+_CTRL = 4096  # control block: doorbell @0, entered op @8, abort flag @64, reason length @68,
+# reason @128
 _REASON_MAX = 2048
 _RING_HDR = 128  # head @0, tail @64: separate cache lines, one writer each
 SHM_DIR = "/dev/shm"
@@ -60,6 +61,9 @@ class Segment:
         self.doorbell = self.buf[0:4].cast("I")
         self.doorbell_addr = self.base
         self._abort = self.buf[64:72].cast("I")
+        # Sequence number of the collective this rank last entered (+1; 0 = none): lets a peer
+        # that timed out tell which local ranks never arrived.
+        self.entered = self.buf[8:12].cast("I")
         self._unlinked = not create
 
     # -- control block -----------------------------------------------------------------------
@@ -101,7 +105,7 @@ class Segment:
 
     def close(self) -> None:
         self.unlink()
-        for v in (self.doorbell, self._abort):
+        for v in (self.doorbell, self._abort, self.entered):
             v.release()
         self.buf.release()
         try:
