@@ -12,6 +12,7 @@ from sideband._table import render
 _BENCH_SUITES = {
     "endpoints": "sideband.bench.endpoints",
     "gang": "sideband.bench.gang",
+    "reliability": "sideband.bench.reliability",
 }
 
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_demo)
     p = sub.add_parser("status", help="list live groups, endpoints and gangs of the Ray cluster")
     p.set_defaults(fn=_status)
-    p = sub.add_parser("bench", help="benchmarks: sideband bench {endpoints,gang} [options]")
+    p = sub.add_parser("bench", help="benchmarks: sideband bench {endpoints,gang,reliability} [options]")
     p.add_argument("suite", choices=sorted(_BENCH_SUITES))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_bench)
