@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 
 from sideband.collective.comm import KIND_COLL, Comm
+from sideband.collective.transports import cma
 
 Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc = acc (op) other
 
 SMALL_BYTES = 64 * 1024
 PIECE_BYTES = 1 << 20
+# From this size on, groups whose ranks all share a host read each other's buffers directly
+# (cross-memory attach: one copy) instead of streaming through rings (two copies).
+CMA_BYTES = 1 << 20
 
 
 class Op:
@@ -53,6 +57,25 @@ def _bytes(a: Any) -> memoryview:
     return memoryview(a).cast("B")
 
 
+def _cma(op: Op, nbytes: int) -> bool:
+    return op.comm.cma and nbytes >= CMA_BYTES
+
+
+def _share_addresses(op: Op, x: np.ndarray, senders: list[int] | None = None) -> list[int]:
+    """Every rank's (or only ``senders``') address of its buffer, through tiny messages."""
+    r, n = op.rank, op.n
+    mine = np.array([cma.address(x)], np.uint64)
+    got = np.zeros((n, 1), np.uint64)
+    got[r] = mine
+    senders = list(range(n)) if senders is None else senders
+    others = [p for p in range(n) if p != r]
+    op.exchange(
+        [(p, mine) for p in others] if r in senders else [],
+        [(p, got[p]) for p in senders if p != r],
+    )
+    return [int(a) for a in got[:, 0]]
+
+
 def _bounds(size: int, parts: int) -> list[tuple[int, int]]:
     return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
 
@@ -69,9 +92,48 @@ def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
         return
     if x.nbytes <= SMALL_BYTES or x.size < op.n:
         _allreduce_direct(op, x, reduce)
+    elif _cma(op, x.nbytes):
+        _allreduce_cma(op, x, reduce)
     else:
         _reduce_scatter_ring_inplace(op, x, reduce)
         _allgather_ring_segments(op, x)
+
+
+def _allreduce_cma(op: Op, x: np.ndarray, reduce: Reducer) -> None:
+    """Rank r reduces segment r reading every peer's copy of it, then reads the others' results.
+
+    Each segment is reduced once, in rank order, in cache-sized pieces: every rank gets the same
+    bits. Barriers separate the phases, because peers read this rank's buffer while it works.
+    """
+    r, n = op.rank, op.n
+    pids = op.comm.local_pids
+    addrs = _share_addresses(op, x)
+    seg = _bounds(x.size, n)
+    a, b = seg[r]
+    item = x.itemsize
+    per = max(1, PIECE_BYTES // item)
+    acc = op.scratch("acc", per * item).view(x.dtype)
+    tmp = op.scratch("piece", per * item).view(x.dtype)
+    for lo in range(a, b, per):
+        hi = min(lo + per, b)
+        m = hi - lo
+        for p in range(n):
+            if p == r:
+                part = x[lo:hi]
+            else:
+                part = tmp[:m]
+                cma.read(pids[p], addrs[p] + lo * item, part)
+            if p == 0:
+                acc[:m] = part
+            else:
+                reduce(acc[:m], part)
+        x[lo:hi] = acc[:m]
+    barrier(op)
+    for k in range(1, n):
+        p = (r + k) % n
+        pa, pb = seg[p]
+        cma.read(pids[p], addrs[p] + pa * item, x[pa:pb])
+    barrier(op)
 
 
 def _allreduce_direct(op: Op, x: np.ndarray, reduce: Reducer) -> None:
@@ -162,6 +224,12 @@ def broadcast(op: Op, x: np.ndarray, root: int) -> None:
     r, n = op.rank, op.n
     if n == 1:
         return
+    if _cma(op, x.nbytes):
+        addrs = _share_addresses(op, x, senders=[root])
+        if r != root:
+            cma.read(op.comm.local_pids[root], addrs[root], x.reshape(-1))
+        barrier(op)  # the root's buffer stays untouched until everyone has read it
+        return
     if x.nbytes <= 4 * SMALL_BYTES or n == 2:
         if r == root:
             op.exchange([(p, x) for p in range(n) if p != root], [])
@@ -196,6 +264,13 @@ def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
     r, n = op.rank, op.n
     out[r] = x
     if n == 1:
+        return
+    if _cma(op, x.nbytes):
+        addrs = _share_addresses(op, x)
+        for k in range(1, n):
+            p = (r + k) % n  # different sources first on each rank: spread the load
+            cma.read(op.comm.local_pids[p], addrs[p], out[p])
+        barrier(op)
         return
     if out.nbytes <= 4 * SMALL_BYTES:
         others = [p for p in range(n) if p != r]
@@ -244,6 +319,9 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
             reduce_fn(tmp[0], tmp[p])
         out[...] = tmp[0]
         return
+    if _cma(op, out.nbytes):
+        _reduce_scatter_cma(op, x, out, reduce_fn)
+        return
     right, left = (r + 1) % n, (r - 1) % n
     acc = op.scratch("acc", out.nbytes).view(x.dtype)[: out.size]
     tmp = op.scratch("tmp", out.nbytes).view(x.dtype)[: out.size]
@@ -253,6 +331,32 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
         acc[...] = x[(r - s - 2) % n]
         reduce_fn(acc, tmp)
     out[...] = acc
+
+
+def _reduce_scatter_cma(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -> None:
+    r, n = op.rank, op.n
+    pids = op.comm.local_pids
+    addrs = _share_addresses(op, x)
+    item = x.itemsize
+    row = out.size
+    per = max(1, PIECE_BYTES // item)
+    acc = op.scratch("acc", per * item).view(x.dtype)
+    tmp = op.scratch("piece", per * item).view(x.dtype)
+    for lo in range(0, row, per):
+        hi = min(lo + per, row)
+        m = hi - lo
+        for p in range(n):
+            if p == r:
+                part = x[r, lo:hi]
+            else:
+                part = tmp[:m]
+                cma.read(pids[p], addrs[p] + (r * row + lo) * item, part)
+            if p == 0:
+                acc[:m] = part
+            else:
+                reduce_fn(acc[:m], part)
+        out[lo:hi] = acc[:m]
+    barrier(op)
 
 
 def alltoall(op: Op, x: np.ndarray, out: np.ndarray) -> None:

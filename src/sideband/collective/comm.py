@@ -32,6 +32,9 @@ KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by
 
 _HDR = HEADER.size
 _SLICE_S = 0.1
+# A sender blocked on a full ring re-checks this often even without a wake-up: receivers wake
+# senders only when a ring was at least half full (see ShmChannel.read_into).
+SPACE_POLL_S = 0.002
 _PID_CHECK_S = 0.5
 # Remote peers' liveness comes from Ray (a GCS query), asked only while an op has been blocked
 # this long, and then at most this often: idle groups cost nothing, and a lost node is noticed
@@ -62,19 +65,18 @@ class _Send:
         self.done = False
 
     def step(self, check: Callable[[], None]) -> bool:
-        progressed = False
-        while self.parts:
-            part = self.parts[0]
-            n = self.ch.write(part, check)
-            if n == 0:
-                return progressed
-            progressed = True
-            if n == len(part):
-                self.parts.pop(0)
+        n = self.ch.write(self.parts, check)
+        if n == 0:
+            return False
+        parts = self.parts
+        while n:
+            if n >= len(parts[0]):
+                n -= len(parts.pop(0))
             else:
-                self.parts[0] = part[n:]
-        self.done = True
-        return progressed
+                parts[0] = parts[0][n:]
+                n = 0
+        self.done = not parts
+        return True
 
 
 class _Recv:
@@ -222,6 +224,8 @@ class Comm:
         self._next_ray_check = 0.0
         self._waiting_on: list[int] = []
         self.current_op = ""
+        # Whether every rank may read every other's memory directly (decided at connect).
+        self.cma = False
         self.started = 0.0
         self.deadline = float("inf")
 
@@ -366,8 +370,10 @@ class Comm:
                 if bell[0] != seen:
                     break
             else:
+                sending = any(isinstance(st, _Send) and not st.done for st in states)
+                limit = SPACE_POLL_S if sending else _SLICE_S
                 futex.wait(
-                    self._bell_addr, seen, min(_SLICE_S, max(0.0, self.deadline - time.monotonic()))
+                    self._bell_addr, seen, min(limit, max(0.0, self.deadline - time.monotonic()))
                 )
 
     def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> _Send:

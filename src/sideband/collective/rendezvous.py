@@ -223,6 +223,28 @@ def _join_timeout_message(name: str, rank: int, world_size: int, rec: dict[str, 
     )
 
 
+def _no_scratch(key: str, nbytes: int) -> Any:
+    import numpy as np
+
+    return np.empty(nbytes, np.uint8)
+
+
+def _agree_on_cma(comm: Comm, setup: Any) -> bool:
+    """Cross-memory attach is used only if every rank can read from every peer."""
+    import numpy as np
+
+    from sideband.collective import algorithms
+    from sideband.collective.transports import cma
+
+    ok = True
+    for p, ch in comm.channels.items():
+        addr, expected = ch.peer_seg.probe_target()  # type: ignore[attr-defined]
+        ok = ok and cma.probe(comm.local_pids[p], addr, expected)
+    flags = np.zeros((comm.world_size, 1), np.uint8)
+    algorithms.allgather(setup, np.array([ok], np.uint8), flags)
+    return bool(flags.all())
+
+
 def _connect(
     name: str,
     rank: int,
@@ -300,9 +322,13 @@ def _connect(
         # Every peer has mapped our segment once this barrier passes: unlink it now, so nothing
         # is left in /dev/shm whatever happens to this process later.
         comm.begin("connect", None, max(0.0, deadline - time.monotonic()))
+        own.publish_probe()
         from sideband.collective import algorithms
 
-        algorithms.barrier(algorithms.Op(comm, 0xFFFFFFFF, 0, lambda k, n: None))  # type: ignore[arg-type]
+        setup = algorithms.Op(comm, 0xFFFFFFFF, 0, _no_scratch)
+        algorithms.barrier(setup)
+        if len(local) == world_size > 1:
+            comm.cma = _agree_on_cma(comm, setup)
         comm.end()
         own.unlink()
         return comm

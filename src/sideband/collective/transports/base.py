@@ -22,11 +22,11 @@ class Channel(ABC):
         self.peer = peer
 
     @abstractmethod
-    def write(self, data: memoryview, check: Callable[[], None]) -> int:
-        """Write a prefix of ``data`` to the peer; return how many bytes were taken (maybe 0).
+    def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
+        """Write a prefix of the concatenation of ``parts``; return how many bytes were taken.
 
-        ``check`` raises if the operation must stop (abort, deadline); transports that block call
-        it while they wait.
+        May take 0 bytes (no room yet). ``check`` raises if the operation must stop (abort,
+        deadline); transports that block call it while they wait.
         """
 
     @abstractmethod

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from sideband.collective import futex
 from sideband.collective.transports.base import Channel
 
-_CTRL = 4096  # control block: doorbell @0, entered op @8, abort flag @64, reason length @68,
-# reason @128
+_CTRL = 4096  # control block: doorbell @0, entered op @8, own mapping address @16 and a probe
+# pattern @24 (for cross-memory attach), abort flag @64, reason length @68, reason @128
 _REASON_MAX = 2048
 _RING_HDR = 128  # head @0, tail @64: separate cache lines, one writer each
 SHM_DIR = "/dev/shm"
@@ -67,6 +67,15 @@ class Segment:
         self._unlinked = not create
 
     # -- control block -----------------------------------------------------------------------
+    def publish_probe(self) -> None:
+        """Write this mapping's address and a random pattern, for peers' cross-memory probe."""
+        self.buf[16:24] = self.base.to_bytes(8, "little")
+        self.buf[24:32] = os.urandom(8)
+
+    def probe_target(self) -> tuple[int, bytes]:
+        """(address in the owner's address space, expected bytes) of the owner's probe pattern."""
+        return int.from_bytes(self.buf[16:24], "little") + 24, bytes(self.buf[24:32])
+
     def ring_doorbell(self) -> None:
         self.doorbell[0] = (self.doorbell[0] + 1) & 0xFFFFFFFF
         futex.wake(self.doorbell_addr)
@@ -172,20 +181,28 @@ class ShmChannel(Channel):
         self.cap = own.ring_bytes
         assert peer_seg.ring_bytes == self.cap
 
-    def write(self, data: memoryview, check: Callable[[], None]) -> int:
+    def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
         head = self.out_head[0]
         free = self.cap - ((head - self.out_tail[0]) & 0xFFFFFFFF)
-        n = min(free, len(data))
-        if n <= 0:
+        if free <= 0:
             return 0
-        pos = head % self.cap
-        first = min(n, self.cap - pos)
-        self.out_data[pos : pos + first] = data[:first]
-        if n > first:
-            self.out_data[0 : n - first] = data[first:n]
-        self.out_head[0] = (head + n) & 0xFFFFFFFF
-        self.peer_seg.ring_doorbell()
-        return n
+        cap, out = self.cap, self.out_data
+        taken = 0
+        for part in parts:
+            n = min(free - taken, len(part))
+            if n <= 0:
+                break
+            pos = (head + taken) % cap
+            first = min(n, cap - pos)
+            out[pos : pos + first] = part[:first]
+            if n > first:
+                out[0 : n - first] = part[first:n]
+            taken += n
+        if taken:
+            # One publish and one doorbell per call, however many parts (header + payload).
+            self.out_head[0] = (head + taken) & 0xFFFFFFFF
+            self.peer_seg.ring_doorbell()
+        return taken
 
     def read_into(self, out: memoryview) -> int:
         tail = self.in_tail[0]
@@ -199,7 +216,11 @@ class ShmChannel(Channel):
         if n > first:
             out[first:n] = self.in_data[0 : n - first]
         self.in_tail[0] = (tail + n) & 0xFFFFFFFF
-        self.peer_seg.ring_doorbell()
+        # A sender waits for space only when the ring was full: wake it only when the ring was
+        # at least half full, so small messages cost no wake-up of a peer that is not waiting.
+        # (A sender that misses this wake-up re-checks within SPACE_POLL_S: see comm.py.)
+        if avail >= self.cap >> 1:
+            self.peer_seg.ring_doorbell()
         return n
 
     def abort(self, reason: str) -> None:

@@ -207,21 +207,23 @@ class TcpChannel(Channel):
                 self._on_data()
 
     # -- Channel -------------------------------------------------------------------------------
-    def write(self, data: memoryview, check: Callable[[], None]) -> int:
-        total = len(data)
-        sent = 0
+    def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
+        total = 0
         with self._send_lock:
-            while sent < total:
-                check()
-                if self._lost:
-                    raise ConnectionError(self._lost)
-                try:
-                    sent += self.sock.send(data[sent:])
-                except TimeoutError:
-                    continue
-                except OSError as e:
-                    self._lost = f"connection to rank {self.peer} lost ({e})"
-                    raise ConnectionError(self._lost) from e
+            for data in parts:
+                sent, size = 0, len(data)
+                while sent < size:
+                    check()
+                    if self._lost:
+                        raise ConnectionError(self._lost)
+                    try:
+                        sent += self.sock.send(data[sent:])
+                    except TimeoutError:
+                        continue
+                    except OSError as e:
+                        self._lost = f"connection to rank {self.peer} lost ({e})"
+                        raise ConnectionError(self._lost) from e
+                total += size
         return total
 
     def read_into(self, out: memoryview) -> int:
