@@ -9,6 +9,7 @@ descriptor, so ranks that disagree raise :class:`MismatchError` instead of excha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 _OBJECT_DESC = 1
 
 
+@functools.lru_cache(maxsize=1024)
 def descriptor(*parts: Any) -> int:
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") | 2  # never 0 (no check) nor 1 (objects)
@@ -70,6 +72,14 @@ def reduce_op(op: Any) -> ReduceOp:
 
 def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
     """``f(acc, other)``: acc = acc (op) other, elementwise, in place."""
+    try:
+        return _reducer(op, dtype)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{what}: {e}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _reducer(op: ReduceOp, dtype: str) -> alg.Reducer:
     if dtype == "bfloat16":
         import torch
 
@@ -81,7 +91,7 @@ def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
             ReduceOp.MAX: torch.maximum,
         }.get(op)
         if tfn is None:
-            raise InvalidArgumentError(f"{what}: {op.name} is not defined for bfloat16")
+            raise InvalidArgumentError(f"{op.name} is not defined for bfloat16")
 
         def bf16(acc: np.ndarray, other: np.ndarray) -> None:
             a = torch.from_numpy(acc).view(torch.bfloat16)
@@ -91,16 +101,14 @@ def reducer(op: ReduceOp, dtype: str, what: str) -> alg.Reducer:
     kind = np.dtype(dtype).kind
     if kind == "b":
         if op is ReduceOp.AVG:
-            raise InvalidArgumentError(f"{what}: AVG is not defined for bool arrays")
+            raise InvalidArgumentError("AVG is not defined for bool arrays")
         ufunc = _BOOL_UFUNCS[op]
     else:
         if kind == "f" and op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR):
-            raise InvalidArgumentError(
-                f"{what}: {op.name} needs an integer or bool dtype, got {dtype}"
-            )
+            raise InvalidArgumentError(f"{op.name} needs an integer or bool dtype, got {dtype}")
         if kind in "iu" and op is ReduceOp.AVG:
             raise InvalidArgumentError(
-                f"{what}: AVG of integers would have to round; use SUM and divide, or a float dtype"
+                "AVG of integers would have to round; use SUM and divide, or a float dtype"
             )
         ufunc = _UFUNCS[op]
 
