@@ -142,7 +142,23 @@ def test_bad_arguments_raise_on_the_caller_and_keep_the_group(actors):
     h.destroy()
 
 
+def test_async_actors_join_from_inside(ray_session):
+    ws = [AsyncWorker.remote() for _ in range(2)]
+    try:
+        ray.get([w.join.remote(2, r, "awaited-inside") for r, w in enumerate(ws)], timeout=60)
+        got = ray.get([w.allreduce.remote("awaited-inside", 0.0) for w in ws], timeout=60)
+        assert got == [[3.0] * 8] * 2
+        ray.get(
+            [w.__ray_call__.remote(lambda s: sideband.destroy_group("awaited-inside")) for w in ws]
+        )
+    finally:
+        for w in ws:
+            ray.kill(w)
+
+
 def test_invalid_group_arguments(ray_session):
+    with pytest.raises(sideband.InvalidArgumentError, match="actor handles"):
+        sideband.create_group([object()], name="not-actors")
     with pytest.raises(ValueError):
         sideband.init_group(2, 5, name="x")
     with pytest.raises(sideband.InvalidArgumentError):
@@ -258,12 +274,14 @@ class AsyncWorker:
 def test_awaiting_an_op_keeps_the_event_loop_free(ray_session):
     ws = [AsyncWorker.remote() for _ in range(2)]
     try:
-        ray.get([w.join.remote(2, r, "awaited") for r, w in enumerate(ws)], timeout=60)
+        # Async actors are grouped from the driver like any other actor.
+        h = sideband.create_group(ws, name="awaited")
         slow = ws[1].allreduce.remote("awaited", 2.0)
         waiting = ws[0].allreduce.remote("awaited", 0.0)
         # While rank 0 awaits its peer, its event loop still serves other calls.
         assert ray.get(ws[0].ping.remote(), timeout=1.5) == "pong"
         assert ray.get([waiting, slow], timeout=60) == [[3.0] * 8] * 2
+        h.destroy()
     finally:
         for w in ws:
             ray.kill(w)

@@ -101,7 +101,6 @@ class Group:
         self._roster = joined.roster
         self._comm = joined.comm
         self._seq = 0
-        self._seq_lock = threading.Lock()
         self._op_lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._last: concurrent.futures.Future | None = None
@@ -153,17 +152,17 @@ class Group:
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         if timeout <= 0:
             raise InvalidArgumentError(f"timeout_s must be > 0, got {timeout_s}")
-        with self._seq_lock:
-            # Point-to-point ops involve two ranks only: they must not advance the sequence
-            # number that every rank's collectives agree on.
-            seq = self._seq
-            if not p2p:
-                self._seq += 1
         comm = self._comm
 
         def run() -> Any:
             with self._op_lock:
                 self._check_usable()
+                # Numbered in execution order, which is call order (async ops queue in order).
+                # Point-to-point ops involve two ranks only: they must not advance the number
+                # that every rank's collectives agree on.
+                seq = self._seq
+                if not p2p:
+                    self._seq += 1
                 comm.begin(label, None if p2p else seq, timeout)
                 try:
                     return body(Op(comm, seq & 0xFFFFFFFF, desc, self._scratch))
@@ -524,6 +523,18 @@ class GroupHandle:
         self.destroy()
 
 
+def _actor_ids(actors: list[Any], what: str) -> list[str]:
+    import ray
+
+    bad = [a for a in actors if not isinstance(a, ray.actor.ActorHandle)]
+    if bad:
+        raise InvalidArgumentError(f"{what}: expected Ray actor handles, got {bad[0]!r}")
+    ids = [a._actor_id.hex() for a in actors]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgumentError(f"{what}: the same actor appears twice in the list")
+    return ids
+
+
 def create_group(
     actors: Sequence[Any], name: str = "default", backend: Any = "auto", timeout_s: float = 60.0
 ) -> GroupHandle:
@@ -535,9 +546,7 @@ def create_group(
     if not actors:
         raise InvalidArgumentError("create_group needs at least one actor")
     be = _backend(backend)
-    ids = [a._actor_id.hex() for a in actors]
-    if len(set(ids)) != len(ids):
-        raise InvalidArgumentError("create_group: the same actor appears twice in the list")
+    ids = _actor_ids(actors, "create_group")
     rec = rendezvous.open_session(name, len(actors), be, timeout_s, ids)
     refs = [
         a.__ray_call__.remote(_remote_join, len(actors), i, name, be, timeout_s, rec)
@@ -595,7 +604,7 @@ def declare_group(
             f"declare_group({name!r}): need world_size={world_size} actors and ranks "
             f"0..{world_size - 1} each once; got {len(actors)} actors and ranks {ranks}"
         )
-    ids = [a._actor_id.hex() for a in actors]
+    ids = _actor_ids(actors, "declare_group")
     rec = rendezvous.open_session(name, world_size, be, timeout_s, ids)
     _kv.put(f"decl/{name}", {"session": rec, "ranks": dict(zip(ids, ranks))})
 
@@ -630,16 +639,21 @@ def list_groups() -> list[dict[str, Any]]:
         roster = _kv.get(rendezvous.roster_key(rec["name"], rec["session"]))
         members = roster if isinstance(roster, list) else []
         ids = [m.get("actor_id") for m in members] or [i for i in (rec.get("actor_ids") or []) if i]
-        if ids and not any(_kv.actor_alive(i) for i in ids if i):
+        alive = [_kv.actor_alive(i) if i else True for i in ids]
+        if ids and not any(alive):
             rendezvous.remove_session(rec["name"], rec["session"])
             continue
+        dead = [r for r, ok in enumerate(alive) if not ok]
+        state = "ready" if members else "forming"
+        if dead:
+            state = f"broken (ranks {dead} dead)"
         out.append(
             {
                 "name": rec["name"],
                 "session": rec["session"],
                 "world_size": rec["world_size"],
                 "backend": rec["backend"],
-                "state": "ready" if members else "forming",
+                "state": state,
                 "members": [
                     {
                         "rank": m["rank"],
