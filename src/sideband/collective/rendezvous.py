@@ -115,17 +115,8 @@ def join(
     """Register this process as ``rank`` of group ``name`` and connect to the other members."""
     deadline = time.monotonic() + timeout_s
     shm.remove_stale_segments()
-    listener = None
-    if backend in (Backend.AUTO.value, Backend.TCP.value) and world_size > 1:
-        listener = tcp.Listener(_net.node_address())
-    try:
-        session_rec, roster = _agree(
-            name, world_size, rank, backend, deadline, session_rec, listener
-        )
-        comm = _connect(name, rank, world_size, backend, session_rec, roster, listener, deadline)
-    finally:
-        if listener is not None:
-            listener.close()
+    session_rec, roster = _agree(name, world_size, rank, backend, deadline, session_rec)
+    comm = _connect(name, rank, world_size, backend, session_rec, roster, deadline)
     return Joined(session_rec["session"], roster, comm, backend)
 
 
@@ -136,7 +127,6 @@ def _agree(
     backend: str,
     deadline: float,
     rec: dict[str, Any] | None,
-    listener: tcp.Listener | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     actor_id, node_id = _ray_ids()
     nonce = uuid.uuid4().hex
@@ -149,8 +139,6 @@ def _agree(
         "node_id": node_id,
         "pid": os.getpid(),
         "host_key": host_key(),
-        "host": listener.host if listener else None,
-        "port": listener.port if listener else None,
     }
     fixed = rec is not None
     if rec is None and rank == 0:
@@ -223,6 +211,22 @@ def _join_timeout_message(name: str, rank: int, world_size: int, rec: dict[str, 
     )
 
 
+def _port_key(name: str, session: str, rank: int) -> str:
+    return f"group/{name}/{session}/port/{rank}"
+
+
+def _wait_for_port(name: str, session: str, rank: int, deadline: float) -> dict[str, Any]:
+    delay = 0.0005
+    while True:
+        where = _kv.get(_port_key(name, session, rank))
+        if where is not None:
+            return where
+        if time.monotonic() > deadline:
+            raise RendezvousError(f"group {name!r}: rank {rank} never opened its listener")
+        time.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX_S)
+
+
 def _no_scratch(key: str, nbytes: int) -> Any:
     import numpy as np
 
@@ -252,7 +256,6 @@ def _connect(
     backend: str,
     rec: dict[str, Any],
     roster: list[dict[str, Any]],
-    listener: tcp.Listener | None,
     deadline: float,
 ) -> Comm:
     me = roster[rank]
@@ -273,6 +276,7 @@ def _connect(
     own = shm.Segment(seg_name(rank), len(local), ring, create=True)
     channels: dict[int, Channel] = {}
     comm: Comm | None = None
+    listener: tcp.Listener | None = None
     try:
         for p in local:
             if p == rank:
@@ -295,7 +299,10 @@ def _connect(
         accept_from = {p for p in remote if p > rank}
         acceptor = None
         if accept_from:
-            assert listener is not None
+            # Only ranks with remote peers listen, and only while the group forms: a group on
+            # one host opens no port at all.
+            listener = tcp.Listener(_net.node_address())
+            _kv.put(_port_key(name, session, rank), {"host": listener.host, "port": listener.port})
 
             def _accept() -> None:
                 try:
@@ -309,12 +316,14 @@ def _connect(
             acceptor.start()
         for p in remote:
             if p < rank:
+                where = _wait_for_port(name, session, p, deadline)
                 sock = tcp.connect_peer(
-                    roster[p]["host"], roster[p]["port"], session, secret, rank, deadline
+                    where["host"], where["port"], session, secret, rank, deadline
                 )
                 channels[p] = tcp.TcpChannel(p, sock, own.ring_doorbell, comm.on_remote_abort)
         if acceptor is not None:
             acceptor.join()
+            listener.close()
             if "error" in holder:
                 raise holder["error"]
             for p, sock in holder["socks"].items():
@@ -333,6 +342,8 @@ def _connect(
         own.unlink()
         return comm
     except BaseException as e:
+        if listener is not None:
+            listener.close()
         if comm is not None:
             comm.close()
         else:
