@@ -10,6 +10,7 @@ from typing import Any
 from sideband._table import render
 
 _BENCH_SUITES = {
+    "collectives": "sideband.bench.collectives",
     "endpoints": "sideband.bench.endpoints",
     "gang": "sideband.bench.gang",
     "reliability": "sideband.bench.reliability",
@@ -81,9 +82,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(num_actors=args.actors)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(_BENCH_SUITES[args.suite])
-    return int(module.main(args.rest) or 0)
+def _bench(rest: list[str]) -> int:
+    suite = "collectives"
+    if rest and rest[0] in _BENCH_SUITES:
+        suite = rest.pop(0)
+    module = importlib.import_module(_BENCH_SUITES[suite])
+    return int(module.main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_demo)
     p = sub.add_parser("status", help="list live groups, endpoints and gangs of the Ray cluster")
     p.set_defaults(fn=_status)
-    p = sub.add_parser("bench", help="benchmarks: sideband bench {endpoints,gang,reliability} [options]")
-    p.add_argument("suite", choices=sorted(_BENCH_SUITES))
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=_bench)
+    sub.add_parser(
+        "bench",
+        help="benchmarks: sideband bench [collectives|endpoints|gang|reliability] [options]; "
+        "each suite's --help lists its options",
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Options belong to the suite, whose own parser reads them.
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -218,3 +218,36 @@ def test_200_cycles_leave_fds_threads_memory_flat(quad, backend):
         assert rss1 - rss0 < 32 << 20, (rss0, rss1)
     assert not [f for f in os.listdir("/dev/shm") if f.startswith("sideband-")]
     assert not [g for g in sideband.list_groups() if g["name"] == f"cycle-{backend}"]
+
+
+_DRIVER = """
+import os, sys, numpy as np, ray, sideband
+ray.init(address=sys.argv[1])
+@ray.remote(num_cpus=0)
+class M:
+    def go(self):
+        return sideband.get_group("orphaned").allreduce(np.ones(2)).tolist()
+ms = [M.remote() for _ in range(2)]
+sideband.create_group(ms, name="orphaned")
+print(ray.get([m.go.remote() for m in ms]))
+os._exit(0)  # the driver vanishes without destroying anything
+"""
+
+
+def test_groups_of_an_exited_driver_are_cleaned_up(ray_session, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [sys.executable, str(script), address], capture_output=True, text=True, timeout=120
+    )
+    assert "[[2.0, 2.0], [2.0, 2.0]]" in out.stdout, out.stderr[-2000:]
+    # The driver's actors die with its job; the registry forgets the group, /dev/shm is clean.
+    deadline = time.monotonic() + 30
+    while any(g["name"] == "orphaned" for g in sideband.list_groups()):
+        assert time.monotonic() < deadline, sideband.list_groups()
+        time.sleep(0.5)
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("sideband-")]

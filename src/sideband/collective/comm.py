@@ -287,9 +287,10 @@ class Comm:
         if reason is not None:
             cls_name, _, msg = reason.partition("|")
             cls = _ABORT_CLASSES.get(cls_name, GroupBrokenError)
+            doing = f" in {self.current_op}" if self.current_op else ""
             raise cls(
-                f"group {self.label!r} was aborted ({msg}); rank {self.rank} cannot continue. "
-                "Destroy the group and create it again."
+                f"group {self.label!r} was aborted ({msg}); rank {self.rank}{doing} cannot "
+                "continue. Destroy the group and create it again."
             )
 
     def check(self) -> None:
