@@ -1,0 +1,138 @@
+"""The actor every gang member runs: placement info, the held master port, setup and fn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from sideband.errors import GangError
+from sideband.gang import contract as _context
+from sideband.gang.contract import GangContext
+from sideband.gang.setup import Setup
+
+
+class GangMemberError(GangError):
+    """A member's function or setup raised, or the member died; names the rank and node."""
+
+    def __init__(
+        self,
+        message: str,
+        rank: int | None = None,
+        node: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.node = node
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.rank, self.node, self.remote_traceback))
+
+
+class GangMember:
+    """One member of a gang (wrapped with ``ray.remote`` by the gang)."""
+
+    def __init__(self) -> None:
+        self._socket: socket.socket | None = None
+        self._ctx: GangContext | None = None
+        self._setup: Setup | None = None
+        self._node_ip = ""
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        rc = ray.get_runtime_context()
+        self._node_ip = ray.util.get_node_ip_address()
+        gpus = rc.get_accelerator_ids().get("GPU", [])
+        return {
+            "node_id": rc.get_node_id(),
+            "node_ip": self._node_ip,
+            "gpu_ids": [str(g) for g in gpus],
+            "pid": os.getpid(),
+            "actor_id": rc.get_actor_id(),
+            "hostname": socket.gethostname(),
+        }
+
+    def reserve_port(self, host: str, listen: bool) -> int:
+        """Bind an ephemeral port and keep it until the library takes it.
+
+        ``listen``: for a library that is handed the socket (torch), so peers that connect early
+        queue up. Otherwise the port is only bound: it stays reserved, but peers that connect
+        before the library listens are refused (and retry) rather than accepted by a socket that
+        is about to close.
+        """
+        if self._socket is not None:
+            self._socket.close()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        if listen:
+            sock.listen(128)
+        self._socket = sock
+        return sock.getsockname()[1]
+
+    def setup(
+        self, ctx: GangContext, setup_cls: type[Setup], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        self._ctx = ctx
+        sock, self._socket = self._socket, None
+        try:
+            _context._install(ctx)
+            self._setup = setup_cls()
+            self._setup.setup(ctx, sock, options)
+        except BaseException as e:
+            raise self._error("setup", e) from None
+        return {"rank": ctx.rank, "pid": os.getpid()}
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        assert self._ctx is not None and self._setup is not None
+        try:
+            self._setup.before_run(self._ctx)
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            raise self._error("fn", e) from None
+
+    def teardown(self, timeout_s: float) -> bool:
+        """Undo the setup within ``timeout_s``; False if it did not finish (the gang kills us)."""
+        if self._setup is None or self._ctx is None:
+            return True
+        setup, ctx = self._setup, self._ctx
+        self._setup = None
+        done = threading.Event()
+
+        def _teardown() -> None:
+            try:
+                setup.teardown(ctx)
+            finally:
+                done.set()
+
+        threading.Thread(target=_teardown, name="sideband-gang-teardown", daemon=True).start()
+        return done.wait(timeout_s)
+
+    def _error(self, what: str, e: BaseException) -> GangMemberError:
+        rank = self._ctx.rank if self._ctx is not None else None
+        tb = traceback.format_exc()
+        return GangMemberError(
+            f"{what} raised on rank {rank} (node {self._node_ip}, pid {os.getpid()}): "
+            f"{type(e).__name__}: {e}",
+            rank=rank,
+            node=self._node_ip,
+            remote_traceback=tb,
+        )
+
+
+def save_checkpoint(state: Any) -> None:
+    """Keep ``state`` (small, picklable) so a restarted gang finds it in ``context().checkpoint``.
+
+    Call it from any member (usually rank 0); the last call wins. For large state, save it to
+    storage and checkpoint its path.
+    """
+    from sideband.gang.checkpoint import store
+
+    ctx = _context.context()
+    store(ctx.gang_name, state)

@@ -1,0 +1,135 @@
+"""The adapter interface each wrapped library implements, and the registry of setups by name.
+
+A setup has a driver half (``prepare`` / ``release``, run in the process that owns the gang) and a
+member half (``setup`` / ``before_run`` / ``teardown``, run in every member). The gang creates
+one instance on the driver and one fresh instance in every member, so an adapter may keep state
+on ``self`` on either side. Third parties add their own with :func:`register_setup`.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from sideband.errors import GangSetupError, MissingExtraError
+from sideband.gang.contract import GangContext
+
+
+@dataclass(frozen=True)
+class GangPlan:
+    """What the driver knows once members are placed and ranked."""
+
+    name: str
+    world_size: int
+    master_addr: str
+    master_port: int
+    #: node_ip of each rank, in rank order.
+    node_ips: tuple[str, ...]
+    #: number of members on each node, in node-rank order (ranks are contiguous per node).
+    node_sizes: tuple[int, ...]
+    timeout_s: float
+
+    @property
+    def single_node(self) -> bool:
+        return len(self.node_sizes) == 1
+
+
+class Setup:
+    """Base class of gang setups; the default methods do nothing."""
+
+    #: The name ``Gang(setup=...)`` accepts once registered.
+    name = "base"
+    #: Whether rank 0's MASTER_PORT socket is listening when handed over (for libraries that
+    #: take the socket itself); otherwise it is only bound, so early peers are refused and retry.
+    listen_master = False
+
+    # --- driver side ---------------------------------------------------------------------------
+    def prepare(self, plan: GangPlan) -> dict[str, Any]:
+        """Runs on the driver before members set up; returns options sent to every member."""
+        return {}
+
+    def release(self) -> None:
+        """Runs on the driver after the members were torn down or killed."""
+
+    # --- member side ---------------------------------------------------------------------------
+    def setup(
+        self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
+    ) -> None:
+        """Initialise the library in this member.
+
+        ``master_socket`` is, on rank 0 only, a socket already bound to MASTER_PORT (listening if
+        ``listen_master``): hand it to the library, or close it right before the library binds
+        the port. Elsewhere None.
+        """
+        if master_socket is not None:
+            master_socket.close()
+
+    def before_run(self, ctx: GangContext) -> None:
+        """Runs in every member before each ``fn``."""
+
+    def teardown(self, ctx: GangContext) -> None:
+        """Undo :meth:`setup`; the gang bounds it with a timeout, then kills the member."""
+
+
+_REGISTRY: dict[str, str | type[Setup]] = {
+    "env": "sideband.gang.env:EnvSetup",
+    "torch": "sideband.gang.torch:TorchSetup",
+    "mpi": "sideband.gang.mpi:MPISetup",
+    "jax": "sideband.gang.jax:JaxSetup",
+}
+
+
+def register_setup(name: str, setup: type[Setup]) -> None:
+    """Make ``Gang(..., setup=name)`` use ``setup`` (a :class:`Setup` subclass)."""
+    if not (isinstance(setup, type) and issubclass(setup, Setup)):
+        raise TypeError(f"register_setup({name!r}, ...) needs a Setup subclass, got {setup!r}")
+    _REGISTRY[name] = setup
+
+
+def resolve_setup(setup: str | type[Setup] | Setup | None) -> type[Setup]:
+    """The Setup class for a name, a class or an instance (None means the env contract only)."""
+    if setup is None:
+        setup = "env"
+    if isinstance(setup, Setup):
+        return type(setup)
+    if isinstance(setup, type) and issubclass(setup, Setup):
+        return setup
+    if isinstance(setup, str):
+        target = _REGISTRY.get(setup)
+        if target is None:
+            raise GangSetupError(
+                f"unknown gang setup {setup!r}; known: {sorted(_REGISTRY)} "
+                "(or register one with sideband.gang.register_setup)"
+            )
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return target
+    raise TypeError(f"setup must be a name, a Setup subclass or None, not {setup!r}")
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or raise MissingExtraError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"the gang setup needs {module!r}, which is not installed: pip install 'sideband[{extra}]'"
+        ) from e
+
+
+def is_addr_in_use(exc: BaseException) -> bool:
+    """Whether an error (ours or a library's) means the port was taken: worth a fresh rendezvous."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+            return True
+        if "address already in use" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
