@@ -189,6 +189,10 @@ def _mismatch(self, name, case):
             g.allreduce(np.ones(10)) if r else g.allgather(np.ones(10))
         elif case == "allgather size":
             g.allgather(np.ones(5 + (r == 2)))
+        elif case == "straddle":  # one rank small enough for the shared slots, the others not
+            g.allreduce(np.ones(1000 if r == 0 else 3000, np.float32))
+        elif case == "straddle broadcast":
+            g.broadcast(np.ones(1000 if r == 1 else 100_000, np.float32), src=0)
         return "no error"
     except sideband.MismatchError as e:
         first = ("MismatchError", str(e))
@@ -209,7 +213,18 @@ def trio(ray_session):
 
 @pytest.mark.parametrize("backend", ["shm", "tcp"])
 @pytest.mark.parametrize(
-    "case", ["size", "large size", "dtype", "op", "root", "different ops", "allgather size"]
+    "case",
+    [
+        "size",
+        "large size",
+        "dtype",
+        "op",
+        "root",
+        "different ops",
+        "allgather size",
+        "straddle",
+        "straddle broadcast",
+    ],
 )
 def test_mismatch_raises_on_every_rank(trio, backend, case):
     ws = trio

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from sideband.collective import arena as arena_mod
+from sideband.collective.arena import Arena
 from sideband.collective.comm import KIND_COLL, Comm
 from sideband.collective.transports import cma
 
@@ -57,6 +59,24 @@ def _bytes(a: Any) -> memoryview:
     return memoryview(a).cast("B")
 
 
+def _arena(op: Op, nbytes: int) -> Arena | None:
+    """The group's arena if this op is small enough for it (all ranks decide alike)."""
+    a = op.comm.arena
+    return a if a is not None and nbytes <= arena_mod.SLOT_BYTES else None
+
+
+def _parts_as(parts: list[memoryview], dtype: np.dtype, rows: int = 0) -> list[np.ndarray]:
+    arrs = [np.frombuffer(p, dtype) for p in parts]
+    return [a.reshape(rows, -1) for a in arrs] if rows else arrs
+
+
+def _reduce_rows(srcs: list[np.ndarray], out: np.ndarray, reduce: Reducer) -> None:
+    """out = srcs[0] (op) srcs[1] (op) ...: rank order, the same bits on every rank."""
+    out[...] = srcs[0]
+    for a in srcs[1:]:
+        reduce(out, a)
+
+
 def _cma(op: Op, nbytes: int) -> bool:
     return op.comm.cma and nbytes >= CMA_BYTES
 
@@ -90,7 +110,10 @@ def _pieces(lo: int, hi: int, per: int) -> list[tuple[int, int]]:
 def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     if op.n == 1:
         return
-    if x.nbytes <= SMALL_BYTES or x.size < op.n:
+    a = _arena(op, x.nbytes)
+    if a is not None:
+        _reduce_rows(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype), x, reduce)
+    elif x.nbytes <= SMALL_BYTES or x.size < op.n:
         _allreduce_direct(op, x, reduce)
     elif _cma(op, x.nbytes):
         _allreduce_cma(op, x, reduce)
@@ -187,6 +210,18 @@ def reduce(op: Op, x: np.ndarray, root: int, reduce_fn: Reducer) -> None:
     r, n = op.rank, op.n
     if n == 1:
         return
+    a = _arena(op, x.nbytes)
+    if a is not None:
+        parts = a.exchange(op.tag, op.desc, _bytes(x))
+        if r == root:
+            _reduce_rows(_parts_as(parts, x.dtype), x, reduce_fn)
+        return
+    _reduce_messages(op, x, root, reduce_fn)
+    barrier(op)  # ranks that received nothing learn here of any disagreement
+
+
+def _reduce_messages(op: Op, x: np.ndarray, root: int, reduce_fn: Reducer) -> None:
+    r, n = op.rank, op.n
     if x.nbytes <= SMALL_BYTES or x.size < n:
         if r != root:
             op.exchange([(root, x)], [])
@@ -224,12 +259,24 @@ def broadcast(op: Op, x: np.ndarray, root: int) -> None:
     r, n = op.rank, op.n
     if n == 1:
         return
+    a = _arena(op, x.nbytes)
+    if a is not None:
+        parts = a.exchange(op.tag, op.desc, _bytes(x) if r == root else memoryview(b""))
+        if r != root:
+            _bytes(x)[:] = parts[root]
+        return
     if _cma(op, x.nbytes):
         addrs = _share_addresses(op, x, senders=[root])
         if r != root:
             cma.read(op.comm.local_pids[root], addrs[root], x.reshape(-1))
         barrier(op)  # the root's buffer stays untouched until everyone has read it
         return
+    _broadcast_messages(op, x, root)
+    barrier(op)  # the root received nothing: it learns here of any disagreement
+
+
+def _broadcast_messages(op: Op, x: np.ndarray, root: int) -> None:
+    r, n = op.rank, op.n
     if x.nbytes <= 4 * SMALL_BYTES or n == 2:
         if r == root:
             op.exchange([(p, x) for p in range(n) if p != root], [])
@@ -265,6 +312,11 @@ def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
     out[r] = x
     if n == 1:
         return
+    a = _arena(op, x.nbytes)
+    if a is not None:
+        for p, part in enumerate(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype)):
+            out[p] = part
+        return
     if _cma(op, x.nbytes):
         addrs = _share_addresses(op, x)
         for k in range(1, n):
@@ -283,12 +335,21 @@ def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
 
 def gather(op: Op, x: np.ndarray, root: int, out: np.ndarray | None) -> None:
     r, n = op.rank, op.n
+    a = _arena(op, x.nbytes) if n > 1 else None
+    if a is not None:
+        parts = _parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype)
+        if r == root:
+            assert out is not None
+            for p, part in enumerate(parts):
+                out[p] = part
+        return
     if r != root:
         op.exchange([(root, x)], [])
-        return
-    assert out is not None
-    out[r] = x
-    op.exchange([], [(p, out[p]) for p in range(n) if p != root])
+    else:
+        assert out is not None
+        out[r] = x
+        op.exchange([], [(p, out[p]) for p in range(n) if p != root])
+    barrier(op)  # non-roots received nothing: they learn here of any disagreement
 
 
 def scatter(op: Op, x: np.ndarray | None, root: int, out: np.ndarray) -> None:
@@ -300,6 +361,8 @@ def scatter(op: Op, x: np.ndarray | None, root: int, out: np.ndarray) -> None:
         op.exchange([(p, x[p]) for p in range(n) if p != root], [])
     else:
         op.exchange([], [(root, out)])
+    if n > 1:
+        barrier(op)  # the root received nothing: it learns here of any disagreement
 
 
 def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -> None:
@@ -307,6 +370,11 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
     r, n = op.rank, op.n
     if n == 1:
         out[...] = x[0]
+        return
+    a = _arena(op, x.nbytes)
+    if a is not None:
+        rows = _parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype, rows=n)
+        _reduce_rows([rows_p[r] for rows_p in rows], out, reduce_fn)
         return
     if x.nbytes <= SMALL_BYTES:
         others = [p for p in range(n) if p != r]
@@ -363,6 +431,11 @@ def alltoall(op: Op, x: np.ndarray, out: np.ndarray) -> None:
     """``x`` and ``out`` are (n, chunk): row p of x goes to rank p, row p of out comes from p."""
     r, n = op.rank, op.n
     out[r] = x[r]
+    a = _arena(op, x.nbytes) if n > 1 else None
+    if a is not None:
+        for p, rows in enumerate(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype, n)):
+            out[p] = rows[r]
+        return
     others = [p for p in range(n) if p != r]
     if others:
         op.exchange([(p, x[p]) for p in others], [(p, out[p]) for p in others])
@@ -371,6 +444,9 @@ def alltoall(op: Op, x: np.ndarray, out: np.ndarray) -> None:
 def barrier(op: Op) -> None:
     r, n = op.rank, op.n
     if n == 1:
+        return
+    if op.comm.arena is not None:
+        op.comm.arena.exchange(op.tag, op.desc, memoryview(b""))
         return
     empty = np.empty(0, np.uint8)
     if n <= 16:
@@ -391,8 +467,10 @@ def broadcast_bytes(op: Op, data: bytes | None, root: int) -> memoryview:
     if r == root:
         assert data is not None
         op.exchange([(p, data) for p in range(n) if p != root], [])
-        return memoryview(data)
-    (got,) = op.exchange([], [(root, None)])
+        got = memoryview(data)
+    else:
+        (got,) = op.exchange([], [(root, None)])
+    barrier(op)  # the root received nothing: it learns here of any disagreement
     return got
 
 
@@ -408,14 +486,16 @@ def allgather_bytes(op: Op, data: bytes) -> list[memoryview]:
 
 def gather_bytes(op: Op, data: bytes, root: int) -> list[memoryview] | None:
     r, n = op.rank, op.n
+    out: list[memoryview] | None = None
     if r != root:
         op.exchange([(root, data)], [])
-        return None
-    others = [p for p in range(n) if p != root]
-    got = op.exchange([], [(p, None) for p in others])
-    out = [memoryview(data)] * n
-    for p, d in zip(others, got):
-        out[p] = d
+    else:
+        others = [p for p in range(n) if p != root]
+        got = op.exchange([], [(p, None) for p in others])
+        out = [memoryview(data)] * n
+        for p, d in zip(others, got):
+            out[p] = d
+    barrier(op)  # non-roots received nothing: they learn here of any disagreement
     return out
 
 
@@ -424,6 +504,8 @@ def scatter_bytes(op: Op, parts: list[bytes] | None, root: int) -> memoryview:
     if r == root:
         assert parts is not None
         op.exchange([(p, parts[p]) for p in range(n) if p != root], [])
-        return memoryview(parts[r])
-    (got,) = op.exchange([], [(root, None)])
+        got = memoryview(parts[r])
+    else:
+        (got,) = op.exchange([], [(root, None)])
+    barrier(op)  # the root received nothing: it learns here of any disagreement
     return got

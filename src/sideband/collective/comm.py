@@ -13,8 +13,8 @@ import os
 import struct
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from sideband.collective import futex
 from sideband.collective.transports.base import Channel
 from sideband.collective.transports.shm import Segment
 from sideband.collective.transports.tcp import HEADER
@@ -29,6 +29,9 @@ from sideband.errors import (
 KIND_COLL = 1
 KIND_P2P = 2
 KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by the reader
+
+if TYPE_CHECKING:
+    from sideband.collective.arena import Arena
 
 _HDR = HEADER.size
 _SLICE_S = 0.1
@@ -226,6 +229,10 @@ class Comm:
         self.current_op = ""
         # Whether every rank may read every other's memory directly (decided at connect).
         self.cma = False
+        # Small ops' shared slots, when every rank is local (set at connect).
+        self.arena: Arena | None = None
+        self.current_seq: int | None = None
+        self.current_desc = 0
         self.started = 0.0
         self.deadline = float("inf")
 
@@ -237,10 +244,12 @@ class Comm:
         actor = f"actor {e['actor_id']}" if e.get("actor_id") else "a non-actor process"
         return f"rank {peer} ({actor}, pid {e['pid']})"
 
-    def begin(self, label: str, seq: int | None, timeout_s: float) -> None:
+    def begin(self, label: str, seq: int | None, timeout_s: float, desc: int = 0) -> None:
         """Note the start of an op: its label for errors, its deadline, and (collectives) that
         this rank has entered op ``seq``."""
         self.current_op = label
+        self.current_seq = seq
+        self.current_desc = desc
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         if seq is not None:
@@ -248,6 +257,7 @@ class Comm:
 
     def end(self) -> None:
         self.current_op = ""
+        self.current_seq = None
         self.deadline = float("inf")
 
     def _not_arrived(self) -> list[int]:
@@ -293,9 +303,16 @@ class Comm:
                 "continue. Destroy the group and create it again."
             )
 
-    def check(self) -> None:
-        """Raise if the op must stop: abort, lost peer, deadline."""
+    def check(self, in_arena: bool = False) -> None:
+        """Raise if the op must stop: abort, lost peer, mismatch, deadline."""
         self.raise_if_aborted()
+        if not in_arena and self.arena is not None and self.current_seq is not None:
+            p = self.arena.peer_in_other_call(self.current_seq & 0xFFFFFFFF, self.current_desc)
+            if p is not None:
+                raise MismatchError(
+                    f"{self.describe()}: rank {p} passed a buffer of a different size for this op "
+                    "(it took the small-message path, this rank the large one)"
+                )
         now = time.monotonic()
         for p, ch in self.channels.items():
             why = ch.lost()
@@ -373,9 +390,7 @@ class Comm:
             else:
                 sending = any(isinstance(st, _Send) and not st.done for st in states)
                 limit = SPACE_POLL_S if sending else _SLICE_S
-                futex.wait(
-                    self._bell_addr, seen, min(limit, max(0.0, self.deadline - time.monotonic()))
-                )
+                self.own.sleep(seen, min(limit, max(0.0, self.deadline - time.monotonic())))
 
     def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> _Send:
         return _Send(self.channels[peer], HEADER.pack(kind, tag, len(payload), desc), payload)
@@ -400,6 +415,8 @@ class Comm:
         return [s.result for s in rstates]  # type: ignore[misc]
 
     def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
         for ch in self.channels.values():
             try:
                 ch.close()

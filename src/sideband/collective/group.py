@@ -163,7 +163,7 @@ class Group:
                 seq = self._seq
                 if not p2p:
                     self._seq += 1
-                comm.begin(label, None if p2p else seq, timeout)
+                comm.begin(label, None if p2p else seq, timeout, desc)
                 try:
                     return body(Op(comm, seq & 0xFFFFFFFF, desc, self._scratch))
                 except CollectiveError as e:

@@ -185,17 +185,6 @@ def _out(g: Group, out: Any, like: Buffer, shape: tuple[int, ...], op: str) -> t
     return out, ob
 
 
-def _agree(o: alg.Op) -> None:
-    """End a rooted op with an empty all-to-all exchange carrying the op's descriptor.
-
-    In a rooted op some ranks receive nothing (the root of a broadcast, the non-roots of a
-    reduce), so they could not notice that others disagree on the root or the size. After this
-    exchange every rank has heard from every other rank within the same op, so a disagreement
-    raises MismatchError on all of them. It costs one small message per peer.
-    """
-    alg.barrier(o)
-
-
 # --- array ops ---------------------------------------------------------------------------------
 
 
@@ -227,7 +216,6 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
 
     def body(o: alg.Op) -> Any:
         alg.reduce(o, buf.arr, dst, red)
-        _agree(o)
         if g.rank == dst:
             _finish_avg(rop, buf, g.world_size)
             buf.finish()
@@ -250,7 +238,6 @@ def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | Non
 
     def body(o: alg.Op) -> Any:
         alg.broadcast(o, buf.arr, src)
-        _agree(o)
         buf.finish()
         return x
 
@@ -284,7 +271,6 @@ def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: floa
 
     def body(o: alg.Op) -> Any:
         alg.gather(o, buf.arr, dst, None if ob is None else ob.arr.reshape(g.world_size, -1))
-        _agree(o)
         if ob is None:
             return None
         ob.finish()
@@ -316,7 +302,6 @@ def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: flo
         out, ob = _out(g, out, like, tuple(row), "scatter")
         arr = None if buf is None else buf.arr.reshape(g.world_size, -1)
         alg.scatter(o, arr, src, ob.arr)
-        _agree(o)
         ob.finish()
         return out
 
@@ -433,7 +418,6 @@ def broadcast_object(g: Group, obj: Any, src: Any, async_op: bool, timeout_s: fl
 
     def body(o: alg.Op) -> Any:
         got = alg.broadcast_bytes(o, data, src)
-        _agree(o)
         return obj if g.rank == src else guard.loads(got)
 
     return g._submit(
@@ -457,7 +441,6 @@ def gather_object(g: Group, obj: Any, dst: Any, async_op: bool, timeout_s: float
 
     def body(o: alg.Op) -> Any:
         got = alg.gather_bytes(o, data, dst)
-        _agree(o)
         if got is None:
             return None
         return [obj if p == g.rank else guard.loads(d) for p, d in enumerate(got)]
@@ -478,7 +461,6 @@ def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: flo
 
     def body(o: alg.Op) -> Any:
         got = alg.scatter_bytes(o, parts, src)
-        _agree(o)
         return objs[src] if g.rank == src else guard.loads(got)
 
     return g._submit("scatter_object", descriptor("scatter_object", src), body, async_op, timeout_s)

@@ -337,7 +337,12 @@ def _connect(
         setup = algorithms.Op(comm, 0xFFFFFFFF, 0, _no_scratch)
         algorithms.barrier(setup)
         if len(local) == world_size > 1:
-            comm.cma = _agree_on_cma(comm, setup)
+            if os.environ.get("SIDEBAND_CMA", "1") != "0":
+                comm.cma = _agree_on_cma(comm, setup)
+            if os.environ.get("SIDEBAND_ARENA", "1") != "0":
+                from sideband.collective.arena import Arena
+
+                comm.arena = Arena(comm)
         comm.end()
         own.unlink()
         return comm

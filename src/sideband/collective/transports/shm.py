@@ -15,14 +15,22 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import platform
 import time
 from collections.abc import Callable
 
 from sideband.collective import futex
 from sideband.collective.transports.base import Channel
+from sideband.collective.transports.tcp import HEADER
 
-_CTRL = 4096  # control block: doorbell @0, entered op @8, own mapping address @16 and a probe
-# pattern @24 (for cross-memory attach), abort flag @64, reason length @68, reason @128
+_CTRL = 4096  # control block: doorbell @0, entered op @8, sleeping flag @12, own mapping address
+# @16 and a probe pattern @24 (for cross-memory attach), abort flag @64, reason length @68,
+# reason @128
+ARENA_SLOT_BYTES = 8192  # payload of one arena slot: small collectives go through the arena
+_ARENA_HDR = 64  # per slot: step @0, seq @4, desc @8, nbytes @16
+_ARENA = 2 * (_ARENA_HDR + ARENA_SLOT_BYTES)
+# Only x86's total store order makes the skipped wake-up safe (see Segment.ring_doorbell).
+_WAKE_ONLY_SLEEPERS = platform.machine().lower() in ("x86_64", "amd64")
 _REASON_MAX = 2048
 _RING_HDR = 128  # head @0, tail @64: separate cache lines, one writer each
 SHM_DIR = "/dev/shm"
@@ -41,7 +49,7 @@ class Segment:
         self.path = os.path.join(SHM_DIR, name)
         self.nslots = nslots
         self.ring_bytes = ring_bytes
-        size = _CTRL + nslots * (_RING_HDR + ring_bytes)
+        size = _CTRL + _ARENA + nslots * (_RING_HDR + ring_bytes)
         if create:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -64,6 +72,7 @@ class Segment:
         # Sequence number of the collective this rank last entered (+1; 0 = none): lets a peer
         # that timed out tell which local ranks never arrived.
         self.entered = self.buf[8:12].cast("I")
+        self.sleeping = self.buf[12:16].cast("I")
         self._unlinked = not create
 
     # -- control block -----------------------------------------------------------------------
@@ -77,8 +86,35 @@ class Segment:
         return int.from_bytes(self.buf[16:24], "little") + 24, bytes(self.buf[24:32])
 
     def ring_doorbell(self) -> None:
+        """Tell the owner something changed; wake it only if it sleeps (a wake-up costs ~10 us).
+
+        The owner raises its sleeping flag, re-reads the doorbell, and sleeps on it with
+        FUTEX_WAIT, which re-checks the doorbell in the kernel. We bump the doorbell, then read
+        the flag. On x86 a store can wait in the store buffer past a later load, but it drains
+        long before the owner's FUTEX_WAIT reads the doorbell in the kernel (a syscall later), so
+        either we see the flag or the kernel sees the new doorbell. Elsewhere we always wake; and
+        every sleep is bounded by a slice, so a lost wake-up could only delay, never hang.
+        """
         self.doorbell[0] = (self.doorbell[0] + 1) & 0xFFFFFFFF
-        futex.wake(self.doorbell_addr)
+        if not _WAKE_ONLY_SLEEPERS or self.sleeping[0]:
+            futex.wake(self.doorbell_addr)
+
+    def sleep(self, seen: int, timeout_s: float) -> None:
+        """Sleep on the own doorbell while it still reads ``seen`` (owner only)."""
+        self.sleeping[0] = 1
+        try:
+            if self.doorbell[0] == seen:
+                futex.wait(self.doorbell_addr, seen, timeout_s)
+        finally:
+            self.sleeping[0] = 0
+
+    def arena_slot(self, k: int) -> tuple[memoryview, memoryview]:
+        """(header words, payload bytes) of arena slot ``k % 2``."""
+        off = _CTRL + (k % 2) * (_ARENA_HDR + ARENA_SLOT_BYTES)
+        return (
+            self.buf[off : off + _ARENA_HDR].cast("I"),
+            self.buf[off + _ARENA_HDR : off + _ARENA_HDR + ARENA_SLOT_BYTES],
+        )
 
     def set_abort(self, reason: str) -> None:
         if self._abort[0]:
@@ -98,7 +134,7 @@ class Segment:
     # -- rings ---------------------------------------------------------------------------------
     def ring(self, slot: int) -> tuple[memoryview, memoryview, memoryview]:
         """(head word, tail word, data) of the inbound ring in ``slot``."""
-        off = _CTRL + slot * (_RING_HDR + self.ring_bytes)
+        off = _CTRL + _ARENA + slot * (_RING_HDR + self.ring_bytes)
         head = self.buf[off : off + 4].cast("I")
         tail = self.buf[off + 64 : off + 68].cast("I")
         data = self.buf[off + _RING_HDR : off + _RING_HDR + self.ring_bytes]
@@ -114,7 +150,7 @@ class Segment:
 
     def close(self) -> None:
         self.unlink()
-        for v in (self.doorbell, self._abort, self.entered):
+        for v in (self.doorbell, self._abort, self.entered, self.sleeping):
             v.release()
         self.buf.release()
         try:
@@ -222,6 +258,18 @@ class ShmChannel(Channel):
         if avail >= self.cap >> 1:
             self.peer_seg.ring_doorbell()
         return n
+
+    def peek_header(self) -> tuple[int, int, int, int] | None:
+        """The next message's (kind, tag, nbytes, desc) without consuming it, if it is there."""
+        tail = self.in_tail[0]
+        if ((self.in_head[0] - tail) & 0xFFFFFFFF) < HEADER.size:
+            return None
+        pos = tail % self.cap
+        first = min(HEADER.size, self.cap - pos)
+        raw = bytes(self.in_data[pos : pos + first])
+        if first < HEADER.size:
+            raw += bytes(self.in_data[0 : HEADER.size - first])
+        return HEADER.unpack(raw)
 
     def abort(self, reason: str) -> None:
         self.peer_seg.set_abort(reason)
