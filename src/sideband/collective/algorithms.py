@@ -112,7 +112,7 @@ def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        _reduce_rows(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype), x, reduce)
+        _reduce_rows(a.arrays(op.tag, op.desc, _bytes(x), x.dtype), x, reduce)
     elif x.nbytes <= SMALL_BYTES or x.size < op.n:
         _allreduce_direct(op, x, reduce)
     elif _cma(op, x.nbytes):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sideband.collective.transports import shm
 from sideband.errors import MismatchError
 
@@ -39,6 +41,24 @@ class Arena:
         self.hdr = [[seg.arena_slot(k)[0] for k in (0, 1)] for seg in self.segs]
         self.data = [[seg.arena_slot(k)[1] for k in (0, 1)] for seg in self.segs]
         self.k = 0
+        self._arrays: dict[tuple[int, int, np.dtype, int], list[np.ndarray]] = {}
+
+    def arrays(self, tag: int, desc: int, mine: memoryview, dtype: np.dtype) -> list[np.ndarray]:
+        """Like :meth:`exchange`, with every rank's part viewed as a flat ``dtype`` array.
+
+        The views over the slots are made once per (slot, size, dtype) and reused.
+        """
+        parts = self.exchange(tag, desc, mine)
+        slot = self.k % 2
+        key = (slot, len(parts[0]) if parts else 0, dtype, len(mine))
+        arrs = self._arrays.get(key)
+        sizes = [len(p) for p in parts]
+        if arrs is None or [a.nbytes for a in arrs] != sizes:
+            arrs = [np.frombuffer(p, dtype) for p in parts]
+            if len(self._arrays) > 64:
+                self._arrays.clear()
+            self._arrays[key] = arrs
+        return arrs
 
     def exchange(self, tag: int, desc: int, mine: memoryview) -> list[memoryview]:
         """Publish ``mine`` as this rank's part of op ``tag``; return every rank's part."""
@@ -113,6 +133,7 @@ class Arena:
         return None
 
     def close(self) -> None:
+        self._arrays.clear()
         for views in (self.hdr, self.data):
             for pair in views:
                 for v in pair:

@@ -16,6 +16,7 @@ import numpy as np
 from sideband.errors import BackendUnavailableError, InvalidArgumentError
 
 _KINDS = "biuf"  # bool, signed, unsigned, float
+_NAMES: dict[np.dtype, str] = {}
 
 
 @dataclass
@@ -60,7 +61,10 @@ def _from_torch(x: Any, what: str) -> tuple[np.ndarray, str]:
 def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
     """Validate ``x`` and expose it as a flat contiguous array (``writable`` for in-place ops)."""
     if isinstance(x, np.ndarray):
-        base, dtype = x, x.dtype.name
+        base = x
+        dtype = _NAMES.get(x.dtype)  # dtype.name is slow enough to show in small ops
+        if dtype is None:
+            dtype = _NAMES[x.dtype] = x.dtype.name
         if x.dtype.kind not in _KINDS:
             raise InvalidArgumentError(
                 f"{what}: dtype {x.dtype} is not supported; use bool, an integer or a float dtype "
