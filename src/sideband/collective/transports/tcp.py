@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from sideband.collective.transports.base import Channel
 
 log = logging.getLogger("sideband.tcp")
@@ -179,7 +181,9 @@ class TcpChannel(Channel):
         raise ConnectionError("channel closed")
 
     def _read_exact(self, n: int) -> memoryview:
-        buf = memoryview(bytearray(n))
+        # np.empty, not bytearray: no zero-filling of memory the socket overwrites anyway, and
+        # malloc hands freed chunks back instead of fresh pages.
+        buf = memoryview(np.empty(n, np.uint8))
         got = 0
         while got < n:
             got += self._recv_some(buf[got:])
