@@ -439,3 +439,29 @@ def test_declare_group_joins_lazily(actors):
     assert ray.get(refs, timeout=60) == [[3.0, 3.0]] * 3
     assert on_all(ws, lambda s: sideband.get_group("declared").rank) == [2, 0, 1]
     on_all(ws, _destroy, "declared")
+
+
+def _solo(self, name):
+    sideband.init_group(1, 0, name=name)
+
+
+def _late_init(self, world, rank, name, delay):
+    time.sleep(delay)
+    g = sideband.init_group(world, rank, name=name, timeout_s=30)
+    out = g.allreduce(np.ones(2)).tolist()
+    sideband.destroy_group(name)
+    return out
+
+
+def test_name_reused_by_a_larger_group_after_a_crash(actors):
+    # A 1-rank group whose actor dies without destroying it leaves its session in the store;
+    # a 2-rank group of the same name must wait for its own rank 0, not trip over the old one.
+    (old,) = actors(1)
+    ray.get(old.__ray_call__.remote(_solo, "reused-bigger"))
+    ray.kill(old)
+    ws = actors(2)
+    refs = [
+        ws[1].__ray_call__.remote(_late_init, 2, 1, "reused-bigger", 0.0),
+        ws[0].__ray_call__.remote(_late_init, 2, 0, "reused-bigger", 1.0),
+    ]
+    assert ray.get(refs, timeout=60) == [[2.0, 2.0]] * 2

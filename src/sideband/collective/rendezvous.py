@@ -159,13 +159,15 @@ def _agree(
                 roster = _collect(name, rec, world_size)
             else:
                 roster = _kv.get(roster_key(name, rec["session"]))
-            if roster is not None:
-                if isinstance(roster, dict):
+            if isinstance(roster, dict):
+                # A failed formation: ours if the driver made the session, or if rank 0 saw us in
+                # it; otherwise an older incarnation of the name failed: wait for the new one.
+                if fixed or nonce in roster.get("nonces", ()):
                     raise RendezvousError(f"group {name!r}, rank {rank}: {roster['error']}")
-                mine = roster[rank]
-                if mine["nonce"] == nonce:
-                    return rec, roster
-                # A roster of an older incarnation of this name: wait for rank 0's new session.
+            elif roster is not None and rank < len(roster) and roster[rank]["nonce"] == nonce:
+                return rec, roster
+            # Otherwise the roster of an older incarnation of this name (maybe of another world
+            # size) is in the store: wait for rank 0's new session.
         if time.monotonic() > deadline:
             raise RendezvousError(_join_timeout_message(name, rank, world_size, rec))
         time.sleep(delay)
@@ -184,11 +186,12 @@ def _collect(name: str, rec: dict[str, Any], world_size: int) -> list[dict[str, 
     bad = [e for e in entries if e["world_size"] != world_size or e["backend"] != rec["backend"]]
     if bad or [e["rank"] for e in entries] != list(range(world_size)):
         err = {
+            "nonces": [e["nonce"] for e in entries],
             "error": "members disagree on world size, ranks or backend: "
             + ", ".join(
                 f"rank {e['rank']} (world_size={e['world_size']}, backend={e['backend']!r})"
                 for e in entries
-            )
+            ),
         }
         _kv.put(roster_key(name, rec["session"]), err)
         return err
