@@ -23,6 +23,8 @@ Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc =
 
 SMALL_BYTES = 64 * 1024
 PIECE_BYTES = 1 << 20
+# Over sockets every piece costs thread hand-offs and syscalls, and caches matter less.
+TCP_PIECE_BYTES = 4 << 20
 # From this size on, groups whose ranks all share a host read each other's buffers directly
 # (cross-memory attach: one copy) instead of streaming through rings (two copies).
 CMA_BYTES = 1 << 20
@@ -176,16 +178,20 @@ def _reduce_scatter_ring_inplace(op: Op, x: np.ndarray, reduce: Reducer) -> None
     r, n = op.rank, op.n
     right, left = (r + 1) % n, (r - 1) % n
     seg = _bounds(x.size, n)
-    per = max(1, PIECE_BYTES // x.itemsize)
+    chans = op.comm.channels
+    tcp = chans[right].kind == "tcp" or chans[left].kind == "tcp"
+    per = max(1, (TCP_PIECE_BYTES if tcp else PIECE_BYTES) // x.itemsize)
     tmp = op.scratch("piece", per * x.itemsize).view(x.dtype)
     for s in range(n - 1):
         sseg, rseg = seg[(r - s) % n], seg[(r - s - 1) % n]
         sp, rp = _pieces(*sseg, per), _pieces(*rseg, per)
-        for j in range(max(len(sp), len(rp))):
+        # Sends run one piece ahead of receives, so that the next piece is on its way while
+        # this one is reduced (a ring holds two pieces; a socket's reader drains anyway).
+        for j in range(max(len(sp), len(rp) + 1)):
             sends = [(right, x[sp[j][0] : sp[j][1]])] if j < len(sp) else []
             recvs = []
-            if j < len(rp):
-                a, b = rp[j]
+            if 1 <= j <= len(rp):
+                a, b = rp[j - 1]
                 recvs = [(left, tmp[: b - a])]
             op.exchange(sends, recvs)
             if recvs:
