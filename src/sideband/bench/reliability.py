@@ -91,19 +91,30 @@ def main(argv: list[str] | None = None) -> int:
         wrong += kind != "PeerLostError"
         delays.setdefault((backend, how), []).append(at - killed)
         h.destroy()
-    rows = [[b, how, len(d), f"{statistics.median(d) * 1e3:.0f} ms", f"{max(d) * 1e3:.0f} ms"]
-            for (b, how), d in sorted(delays.items())]
+    rows = [
+        [b, how, len(d), f"{statistics.median(d) * 1e3:.0f} ms", f"{max(d) * 1e3:.0f} ms"]
+        for (b, how), d in sorted(delays.items())
+    ]
     print(render(["transport", "kill", "kills", "median detection", "max detection"], rows))
     print(f"errors other than PeerLostError: {wrong}\n")
 
     pair = [survivor, Member.remote()]
     rows = []
     for backend in ("shm", "tcp"):
-        res = ray.get([a.__ray_call__.remote(_cycles, r, backend, args.cycles)
-                       for r, a in enumerate(pair)])
+        res = ray.get(
+            [a.__ray_call__.remote(_cycles, r, backend, args.cycles) for r, a in enumerate(pair)]
+        )
         for r, ((fd0, th0, rss0), (fd1, th1, rss1)) in enumerate(res):
-            rows.append([backend, r, args.cycles, f"{fd0} -> {fd1}", f"{th0} -> {th1}",
-                         f"{rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB"])
+            rows.append(
+                [
+                    backend,
+                    r,
+                    args.cycles,
+                    f"{fd0} -> {fd1}",
+                    f"{th0} -> {th1}",
+                    f"{rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB",
+                ]
+            )
     print(render(["transport", "rank", "cycles", "fds", "threads", "rss"], rows))
     shm_left = [f for f in os.listdir("/dev/shm") if f.startswith("sideband-")]
     groups_left = [g["name"] for g in sideband.list_groups() if g["name"].startswith("bench-")]
