@@ -68,6 +68,9 @@ class Arena:
         slot = k % 2
         h = self.hdr[r][slot]
         n = len(mine)
+        # Unpublish the slot first (seqlock style): a reader that sees a step read the fields
+        # that belong to it (see peer_in_other_call).
+        h[0] = 0
         if n:
             self.data[r][slot][:n] = mine
         h[1] = tag
@@ -128,7 +131,11 @@ class Arena:
                 continue
             for slot in (0, 1):
                 ph = self.hdr[p][slot]
-                if ph[0] and ph[1] == tag and (ph[2] != lo or ph[3] != hi):
+                step = ph[0]
+                fields = (ph[1], ph[2], ph[3])
+                if step == 0 or ph[0] != step:
+                    continue  # being rewritten: its fields may be torn
+                if fields[0] == tag and (fields[1] != lo or fields[2] != hi):
                     return p
         return None
 

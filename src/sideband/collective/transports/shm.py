@@ -34,6 +34,7 @@ _WAKE_ONLY_SLEEPERS = platform.machine().lower() in ("x86_64", "amd64")
 _REASON_MAX = 2048
 _RING_HDR = 128  # head @0, tail @64: separate cache lines, one writer each
 SHM_DIR = "/dev/shm"
+PUBLISH_BYTES = int(os.environ.get("SIDEBAND_SHM_PUBLISH_BYTES", str(256 << 10)))
 PREFIX = "sideband-"
 
 
@@ -219,7 +220,9 @@ class ShmChannel(Channel):
 
     def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
         head = self.out_head[0]
-        free = self.cap - ((head - self.out_tail[0]) & 0xFFFFFFFF)
+        # Publish at most PUBLISH_BYTES at a time: the receiver starts copying out while the
+        # sender copies in the next piece, so the two copies overlap.
+        free = min(self.cap - ((head - self.out_tail[0]) & 0xFFFFFFFF), PUBLISH_BYTES)
         if free <= 0:
             return 0
         cap, out = self.cap, self.out_data
