@@ -67,11 +67,6 @@ def _arena(op: Op, nbytes: int) -> Arena | None:
     return a if a is not None and nbytes <= arena_mod.SLOT_BYTES else None
 
 
-def _parts_as(parts: list[memoryview], dtype: np.dtype, rows: int = 0) -> list[np.ndarray]:
-    arrs = [np.frombuffer(p, dtype) for p in parts]
-    return [a.reshape(rows, -1) for a in arrs] if rows else arrs
-
-
 def _reduce_rows(srcs: list[np.ndarray], out: np.ndarray, reduce: Reducer) -> None:
     """out = srcs[0] (op) srcs[1] (op) ...: rank order, the same bits on every rank."""
     out[...] = srcs[0]
@@ -218,9 +213,9 @@ def reduce(op: Op, x: np.ndarray, root: int, reduce_fn: Reducer) -> None:
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        parts = a.exchange(op.tag, op.desc, _bytes(x))
+        parts = a.arrays(op.tag, op.desc, _bytes(x), x.dtype)
         if r == root:
-            _reduce_rows(_parts_as(parts, x.dtype), x, reduce_fn)
+            _reduce_rows(parts, x, reduce_fn)
         return
     _reduce_messages(op, x, root, reduce_fn)
     barrier(op)  # ranks that received nothing learn here of any disagreement
@@ -320,7 +315,7 @@ def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        for p, part in enumerate(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype)):
+        for p, part in enumerate(a.arrays(op.tag, op.desc, _bytes(x), x.dtype)):
             out[p] = part
         return
     if _cma(op, x.nbytes):
@@ -343,7 +338,7 @@ def gather(op: Op, x: np.ndarray, root: int, out: np.ndarray | None) -> None:
     r, n = op.rank, op.n
     a = _arena(op, x.nbytes) if n > 1 else None
     if a is not None:
-        parts = _parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype)
+        parts = a.arrays(op.tag, op.desc, _bytes(x), x.dtype)
         if r == root:
             assert out is not None
             for p, part in enumerate(parts):
@@ -379,8 +374,8 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        rows = _parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype, rows=n)
-        _reduce_rows([rows_p[r] for rows_p in rows], out, reduce_fn)
+        parts = a.arrays(op.tag, op.desc, _bytes(x), x.dtype)
+        _reduce_rows([part.reshape(n, -1)[r] for part in parts], out, reduce_fn)
         return
     if x.nbytes <= SMALL_BYTES:
         others = [p for p in range(n) if p != r]
@@ -439,8 +434,8 @@ def alltoall(op: Op, x: np.ndarray, out: np.ndarray) -> None:
     out[r] = x[r]
     a = _arena(op, x.nbytes) if n > 1 else None
     if a is not None:
-        for p, rows in enumerate(_parts_as(a.exchange(op.tag, op.desc, _bytes(x)), x.dtype, n)):
-            out[p] = rows[r]
+        for p, part in enumerate(a.arrays(op.tag, op.desc, _bytes(x), x.dtype)):
+            out[p] = part.reshape(n, -1)[r]
         return
     others = [p for p in range(n) if p != r]
     if others:

@@ -11,7 +11,6 @@ descriptor: ranks that disagree raise MismatchError, rooted ops included.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,23 +40,20 @@ class Arena:
         self.hdr = [[seg.arena_slot(k)[0] for k in (0, 1)] for seg in self.segs]
         self.data = [[seg.arena_slot(k)[1] for k in (0, 1)] for seg in self.segs]
         self.k = 0
-        self._arrays: dict[tuple[int, int, np.dtype, int], list[np.ndarray]] = {}
+        self._arrays: dict[tuple[int, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
 
     def arrays(self, tag: int, desc: int, mine: memoryview, dtype: np.dtype) -> list[np.ndarray]:
-        """Like :meth:`exchange`, with every rank's part viewed as a flat ``dtype`` array.
+        """:meth:`exchange`, with every rank's part viewed as a flat ``dtype`` array.
 
-        The views over the slots are made once per (slot, size, dtype) and reused.
+        Views over the slots are made once per (slot, dtype, sizes) and reused.
         """
         parts = self.exchange(tag, desc, mine)
-        slot = self.k % 2
-        key = (slot, len(parts[0]) if parts else 0, dtype, len(mine))
+        key = (self.k % 2, dtype, tuple(len(p) for p in parts))
         arrs = self._arrays.get(key)
-        sizes = [len(p) for p in parts]
-        if arrs is None or [a.nbytes for a in arrs] != sizes:
-            arrs = [np.frombuffer(p, dtype) for p in parts]
+        if arrs is None:
             if len(self._arrays) > 64:
                 self._arrays.clear()
-            self._arrays[key] = arrs
+            arrs = self._arrays[key] = [np.frombuffer(p, dtype) for p in parts]
         return arrs
 
     def exchange(self, tag: int, desc: int, mine: memoryview) -> list[memoryview]:
@@ -82,8 +78,7 @@ class Arena:
             if p != r:
                 seg.ring_doorbell()
         pending = [p for p in range(self.n) if p != r]
-        own = comm.own
-        bell = own.doorbell
+        bell = comm.own.doorbell
         while True:
             seen = bell[0]
             still = []
@@ -104,11 +99,7 @@ class Arena:
             comm._waiting_on = pending
             comm.check(in_arena=True)
             self._check_straddle(tag, desc, pending)
-            for _ in range(comm.spin):
-                if bell[0] != seen:
-                    break
-            else:
-                own.sleep(seen, min(_SLICE_S, max(0.0, comm.deadline - time.monotonic())))
+            comm.wait(seen, _SLICE_S)
         return [self.data[p][slot][: self.hdr[p][slot][4]] for p in range(self.n)]
 
     def _check_straddle(self, tag: int, desc: int, pending: list[int]) -> None:

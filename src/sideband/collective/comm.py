@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -218,7 +217,6 @@ class Comm:
         self.label = label
         self.spin = spin
         self._bell = own.doorbell
-        self._bell_addr = own.doorbell_addr
         # Messages that arrived before anyone asked for them, per peer and (kind, tag).
         self._stash: collections.defaultdict[
             int, collections.defaultdict[tuple[int, int], collections.deque]
@@ -384,13 +382,17 @@ class Comm:
                 st.ch.peer if isinstance(st, _Send) else st.peer for st in states if not st.done
             ]
             check()
-            for _ in range(self.spin):
-                if bell[0] != seen:
-                    break
-            else:
-                sending = any(isinstance(st, _Send) and not st.done for st in states)
-                limit = SPACE_POLL_S if sending else _SLICE_S
-                self.own.sleep(seen, min(limit, max(0.0, self.deadline - time.monotonic())))
+            sending = any(isinstance(st, _Send) and not st.done for st in states)
+            self.wait(seen, SPACE_POLL_S if sending else _SLICE_S)
+
+    def wait(self, seen: int, limit_s: float) -> None:
+        """Until the doorbell moves past ``seen``: spin briefly, then sleep (at most
+        ``limit_s``, and never past the op's deadline)."""
+        bell = self._bell
+        for _ in range(self.spin):
+            if bell[0] != seen:
+                return
+        self.own.sleep(seen, min(limit_s, max(0.0, self.deadline - time.monotonic())))
 
     def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> _Send:
         return _Send(self.channels[peer], HEADER.pack(kind, tag, len(payload), desc), payload)
@@ -423,7 +425,3 @@ class Comm:
             except Exception:
                 pass
         self.own.close()
-
-
-def pack_meta(*values: int) -> bytes:
-    return struct.pack(f"<{len(values)}q", *values)
