@@ -37,7 +37,8 @@ import numpy as np
 IMPLS = ("sideband", "ray_gloo", "torch_gloo", "object_store", "mpich", "memcpy")
 OPS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "send/recv", "barrier", "create")
 SIZED_OPS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "send/recv")
-TRANSPORTS = ("shm", "tcp")
+# "empty": shared memory, with every buffer allocated by Group.empty (ops skip a copy).
+TRANSPORTS = ("shm", "tcp", "empty")
 # Which ops each implementation runs ("create" only where a group of running actors is formed).
 SUPPORTS: dict[str, tuple[str, ...]] = {
     "sideband": OPS,
@@ -191,6 +192,15 @@ def _op_fns(
         import sideband
 
         g = sideband.get_group(name)
+        if name.endswith("-empty"):
+            # The same values in arrays from Group.empty, made before anything is timed.
+            from sideband.collective.shared import NO_REF, ref
+
+            shared = {}
+            for k, v in b.items():
+                shared[k] = v if ref(v) != NO_REF else g.empty(v.shape, v.dtype)
+                shared[k][...] = v
+            b = shared
         fns: dict[str, Callable[[], Any]] = {
             "barrier": g.barrier,
             "allreduce": lambda: g.allreduce(b["x"]),
@@ -262,6 +272,11 @@ def _a_run(
 def _a_verify(self: Any, impl: str, name: str, rank: int, ws: int) -> bool:
     """One allreduce of known values through ``impl``, outside any timed loop."""
     x = np.full(1024, rank + 1, np.float32)
+    if name.endswith("-empty"):
+        import sideband
+
+        x = sideband.get_group(name).empty(1024, np.float32)
+        x[:] = rank + 1
     _, fn = _op_fns(impl, name, "allreduce", rank, ws, {"x": x}, _st(self))
     fn()
     return bool(np.all(x == ws * (ws + 1) / 2))
@@ -430,8 +445,9 @@ class _Impl:
             if self.impl == "sideband":
                 import sideband
 
+                backend = "shm" if self.transport == "empty" else self.transport
                 self.handle = sideband.create_group(
-                    self.actors, name=self.name, backend=self.transport, timeout_s=self.timeout_s
+                    self.actors, name=self.name, backend=backend, timeout_s=self.timeout_s
                 )
             elif self.impl == "ray_gloo":
                 import ray.util.collective as col
@@ -678,6 +694,25 @@ TARGETS: tuple[tuple[str, str, int, int, str, str, float], ...] = (
         1.0,
     ),
     ("create a group of 4 running actors vs ray gloo", "create", 4, 0, "shm", "ray_gloo", 0.2),
+    # Group.empty buffers (issue 4, point 3): the gain over the rows above with ordinary arrays.
+    (
+        "send/recv 64 MiB, g.empty vs one np.copyto",
+        "send/recv",
+        2,
+        64 * _MIB,
+        "empty",
+        "memcpy",
+        1.2,
+    ),
+    (
+        "allreduce 64 MiB, 4 actors, g.empty vs ray gloo",
+        "allreduce",
+        4,
+        64 * _MIB,
+        "empty",
+        "ray_gloo",
+        0.5,
+    ),
 )
 
 
@@ -715,6 +750,7 @@ def _column(r: dict[str, Any]) -> str:
 _SHORT = {
     "sideband shm": "sideband shm",
     "sideband tcp": "sideband tcp",
+    "sideband empty": "sideband g.empty",
     "ray_gloo": "ray gloo",
     "torch_gloo": "torch gloo",
     "object_store": "object store",
@@ -841,7 +877,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", help="comma list of sizes, e.g. 8,1K,1M,64M,256M")
     p.add_argument("--world-sizes", help="comma list, e.g. 2,4")
     p.add_argument("--impls", help=f"comma list of {','.join(IMPLS)}")
-    p.add_argument("--transports", help="sideband transports: shm,tcp")
+    p.add_argument(
+        "--transports", help="sideband transports: shm,tcp,empty (shm with Group.empty buffers)"
+    )
     p.add_argument(
         "--iters", type=int, help="timed iterations per point (at most; big sizes use fewer)"
     )

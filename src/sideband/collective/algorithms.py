@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sideband.collective import arena as arena_mod
+from sideband.collective import shared
 from sideband.collective.arena import Arena
 from sideband.collective.comm import KIND_COLL, Comm
 from sideband.collective.transports import cma
@@ -78,11 +79,17 @@ def _cma(op: Op, nbytes: int) -> bool:
     return op.comm.cma and nbytes >= CMA_BYTES
 
 
-def _share_addresses(op: Op, x: np.ndarray, senders: list[int] | None = None) -> list[int]:
-    """Every rank's (or only ``senders``') address of its buffer, through tiny messages."""
+def _share_sources(op: Op, x: np.ndarray, senders: list[int] | None = None) -> list[Any]:
+    """Where to read every rank's (or only ``senders``') buffer, through tiny messages.
+
+    A peer's buffer from ``Group.empty`` comes back as a uint8 view of its mapped bytes (read
+    with a plain copy); any other as its address, read with cross-memory attach.
+    """
     r, n = op.rank, op.n
-    mine = np.array([cma.address(x)], np.uint64)
-    got = np.zeros((n, 1), np.uint64)
+    mine = np.frombuffer(
+        np.array([cma.address(x)], np.uint64).tobytes() + shared.ref(x), np.uint8
+    ).copy()
+    got = np.zeros((n, mine.size), np.uint8)
     got[r] = mine
     senders = list(range(n)) if senders is None else senders
     others = [p for p in range(n) if p != r]
@@ -90,7 +97,22 @@ def _share_addresses(op: Op, x: np.ndarray, senders: list[int] | None = None) ->
         [(p, mine) for p in others] if r in senders else [],
         [(p, got[p]) for p in senders if p != r],
     )
-    return [int(a) for a in got[:, 0]]
+    out: list[Any] = []
+    for p in range(n):
+        ref = got[p, 8:].tobytes()
+        if p != r and ref != shared.NO_REF:
+            out.append(op.comm.peer_blocks.view(ref, x.nbytes))
+        else:
+            out.append(int(got[p, :8].view(np.uint64)[0]))
+    return out
+
+
+def _read(op: Op, p: int, src: Any, offset: int, out: np.ndarray) -> None:
+    """Copy ``out.nbytes`` bytes of rank ``p``'s buffer, from byte ``offset``, into ``out``."""
+    if isinstance(src, np.ndarray):
+        np.copyto(out.reshape(-1).view(np.uint8), src[offset : offset + out.nbytes])
+    else:
+        cma.read(op.comm.local_pids[p], src + offset, out)
 
 
 def _bounds(size: int, parts: int) -> list[tuple[int, int]]:
@@ -104,8 +126,17 @@ def _pieces(lo: int, hi: int, per: int) -> list[tuple[int, int]]:
 # --- allreduce ---------------------------------------------------------------------------------
 
 
+def _hier() -> Any:
+    from sideband.collective import hierarchical
+
+    return hierarchical
+
+
 def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     if op.n == 1:
+        return
+    if op.comm.hier is not None:
+        _hier().allreduce(op, x, reduce)
         return
     a = _arena(op, x.nbytes)
     if a is not None:
@@ -126,8 +157,7 @@ def _allreduce_cma(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     bits. Barriers separate the phases, because peers read this rank's buffer while it works.
     """
     r, n = op.rank, op.n
-    pids = op.comm.local_pids
-    addrs = _share_addresses(op, x)
+    srcs = _share_sources(op, x)
     seg = _bounds(x.size, n)
     a, b = seg[r]
     item = x.itemsize
@@ -140,9 +170,11 @@ def _allreduce_cma(op: Op, x: np.ndarray, reduce: Reducer) -> None:
         for p in range(n):
             if p == r:
                 part = x[lo:hi]
+            elif isinstance(srcs[p], np.ndarray):
+                part = srcs[p][lo * item : hi * item].view(x.dtype)  # mapped: reduce in place
             else:
                 part = tmp[:m]
-                cma.read(pids[p], addrs[p] + lo * item, part)
+                _read(op, p, srcs[p], lo * item, part)
             if p == 0:
                 acc[:m] = part
             else:
@@ -152,7 +184,7 @@ def _allreduce_cma(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     for k in range(1, n):
         p = (r + k) % n
         pa, pb = seg[p]
-        cma.read(pids[p], addrs[p] + pa * item, x[pa:pb])
+        _read(op, p, srcs[p], pa * item, x[pa:pb])
     barrier(op)
 
 
@@ -266,10 +298,14 @@ def broadcast(op: Op, x: np.ndarray, root: int) -> None:
         if r != root:
             _bytes(x)[:] = parts[root]
         return
+    if op.comm.hier is not None:
+        _hier().broadcast(op, x, root)
+        barrier(op)  # ranks that sent only learn here of any disagreement
+        return
     if _cma(op, x.nbytes):
-        addrs = _share_addresses(op, x, senders=[root])
+        srcs = _share_sources(op, x, senders=[root])
         if r != root:
-            cma.read(op.comm.local_pids[root], addrs[root], x.reshape(-1))
+            _read(op, root, srcs[root], 0, x)
         barrier(op)  # the root's buffer stays untouched until everyone has read it
         return
     _broadcast_messages(op, x, root)
@@ -284,8 +320,13 @@ def _broadcast_messages(op: Op, x: np.ndarray, root: int) -> None:
         else:
             op.exchange([], [(root, x)])
         return
-    # Pipelined chain root -> root+1 -> ...: each rank forwards piece j-1 while receiving piece j.
-    order = [(root + i) % n for i in range(n)]
+    _broadcast_chain(op, x, [(root + i) % n for i in range(n)])
+
+
+def _broadcast_chain(op: Op, x: np.ndarray, order: list[int]) -> None:
+    """Pipelined chain along ``order`` (the root first): each rank forwards piece j-1 while
+    receiving piece j."""
+    r, n = op.rank, op.n
     pos = order.index(r)
     prev = order[pos - 1] if pos > 0 else None
     nxt = order[pos + 1] if pos < n - 1 else None
@@ -318,11 +359,14 @@ def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
         for p, part in enumerate(a.arrays(op.tag, op.desc, _bytes(x), x.dtype)):
             out[p] = part
         return
+    if op.comm.hier is not None:
+        _hier().allgather(op, x, out)
+        return
     if _cma(op, x.nbytes):
-        addrs = _share_addresses(op, x)
+        srcs = _share_sources(op, x)
         for k in range(1, n):
             p = (r + k) % n  # different sources first on each rank: spread the load
-            cma.read(op.comm.local_pids[p], addrs[p], out[p])
+            _read(op, p, srcs[p], 0, out[p])
         barrier(op)
         return
     if out.nbytes <= 4 * SMALL_BYTES:
@@ -388,6 +432,9 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
             reduce_fn(tmp[0], tmp[p])
         out[...] = tmp[0]
         return
+    if op.comm.hier is not None:
+        _hier().reduce_scatter(op, x, out, reduce_fn)
+        return
     if _cma(op, out.nbytes):
         _reduce_scatter_cma(op, x, out, reduce_fn)
         return
@@ -404,8 +451,7 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
 
 def _reduce_scatter_cma(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -> None:
     r, n = op.rank, op.n
-    pids = op.comm.local_pids
-    addrs = _share_addresses(op, x)
+    srcs = _share_sources(op, x)
     item = x.itemsize
     row = out.size
     per = max(1, PIECE_BYTES // item)
@@ -417,9 +463,11 @@ def _reduce_scatter_cma(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reduc
         for p in range(n):
             if p == r:
                 part = x[r, lo:hi]
+            elif isinstance(srcs[p], np.ndarray):
+                part = srcs[p][(r * row + lo) * item : (r * row + hi) * item].view(x.dtype)
             else:
                 part = tmp[:m]
-                cma.read(pids[p], addrs[p] + (r * row + lo) * item, part)
+                _read(op, p, srcs[p], (r * row + lo) * item, part)
             if p == 0:
                 acc[:m] = part
             else:

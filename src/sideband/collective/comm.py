@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from sideband.collective import shared
+from sideband.collective.shared import PeerBlocks
 from sideband.collective.transports.base import Channel
 from sideband.collective.transports.shm import Segment
 from sideband.collective.transports.tcp import HEADER
@@ -28,6 +33,13 @@ from sideband.errors import (
 KIND_COLL = 1
 KIND_P2P = 2
 KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by the reader
+# A point-to-point payload left in the sender's Group.empty block: the message carries where it
+# is (shared.REF plus its size), the receiver copies it out and answers KIND_ACK, after which
+# the sender may reuse its buffer.
+KIND_REF = 4
+KIND_ACK = 5
+_REF_MIN_BYTES = 64 << 10
+_REF_MSG = struct.Struct("<Q")
 
 if TYPE_CHECKING:
     from sideband.collective.arena import Arena
@@ -99,6 +111,8 @@ class _Recv:
         "_doff",
         "_stash_key",
         "_stash_desc",
+        "_ref",
+        "via_ref",
     )
 
     def __init__(
@@ -117,6 +131,8 @@ class _Recv:
         self._dest: memoryview | None = None
         self._doff = 0
         self._stash_key: tuple[int, int] | None = None
+        self._ref = False
+        self.via_ref = False
         stashed = comm._stash[peer].get((kind, tag))
         if stashed:
             desc_got, payload = stashed.popleft()
@@ -127,6 +143,24 @@ class _Recv:
             else:
                 self.result = payload
             self.done = True
+        elif kind == KIND_P2P:
+            stashed = comm._stash[peer].get((KIND_REF, tag))
+            if stashed:
+                desc_got, payload = stashed.popleft()
+                self._take_ref(desc_got, payload)
+
+    def _take_ref(self, desc: int, msg: memoryview) -> None:
+        """Copy a payload out of the sender's shared block (see KIND_REF)."""
+        (nbytes,) = _REF_MSG.unpack_from(msg, 0)
+        self._accept(desc, nbytes)
+        src = self.comm.peer_blocks.view(bytes(msg[_REF_MSG.size :]), nbytes)
+        if self.into is not None:
+            np.copyto(np.frombuffer(self.into, np.uint8), src)
+            self.result = self.into
+        else:
+            self.result = memoryview(src.copy())
+        self.via_ref = True
+        self.done = True
 
     def _accept(self, desc: int, nbytes: int) -> None:
         if self.kind == KIND_COLL and desc != self.desc:
@@ -166,6 +200,12 @@ class _Recv:
                         self.into if self.into is not None else memoryview(bytearray(nbytes))
                     )
                     self._stash_key = None
+                    self._ref = False
+                elif kind == KIND_REF and self.kind == KIND_P2P and tag == self.tag:
+                    self._dest = memoryview(bytearray(nbytes))
+                    self._stash_key = None
+                    self._stash_desc = desc
+                    self._ref = True
                 elif kind == KIND_COLL and self.kind == KIND_COLL:
                     raise MismatchError(
                         f"rank {self.peer} is in op #{tag} while this rank is in op #{self.tag} "
@@ -185,7 +225,9 @@ class _Recv:
                 self._doff += n
                 if self._doff < len(self._dest):
                     continue
-            if self._stash_key is None:
+            if self._ref:
+                self._take_ref(self._stash_desc, self._dest)
+            elif self._stash_key is None:
                 self.result = self._dest
                 self.done = True
             else:
@@ -229,6 +271,11 @@ class Comm:
         self.cma = False
         # Small ops' shared slots, when every rank is local (set at connect).
         self.arena: Arena | None = None
+        # Ranks that share memory, one list per host (every rank alone when TCP is forced), and
+        # the host-aware plan when the group spans hosts (both set at connect).
+        self.hosts: list[list[int]] = [[r] for r in range(world_size)]
+        self.hier: Any = None
+        self._peer_blocks: PeerBlocks | None = None
         self.current_seq: int | None = None
         self.current_desc = 0
         self.started = 0.0
@@ -411,12 +458,47 @@ class Comm:
         desc: int,
     ) -> list[memoryview]:
         """Send and receive concurrently; returns the received payloads in ``recvs`` order."""
-        states: list[_Send | _Recv] = [self.send_state(p, v, kind, tag, desc) for p, v in sends]
+        states: list[_Send | _Recv] = []
+        acks: list[int] = []
+        for p, v in sends:
+            ref = self._ref_for(p, v) if kind == KIND_P2P else None
+            if ref is None:
+                states.append(self.send_state(p, v, kind, tag, desc))
+            else:
+                states.append(self.send_state(p, memoryview(ref), KIND_REF, tag, desc))
+                acks.append(p)
         rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
         self.run(states + rstates)
+        done = [s.peer for s in rstates if s.via_ref]
+        if done or acks:
+            # The receiver has copied the payload out of the sender's block: only now may the
+            # sender's send return and its buffer change.
+            empty = memoryview(b"")
+            self.run(
+                [self.send_state(p, empty, KIND_ACK, tag, 0) for p in done]
+                + [self.recv_state(p, None, KIND_ACK, tag, 0) for p in acks]
+            )
         return [s.result for s in rstates]  # type: ignore[misc]
 
+    def _ref_for(self, peer: int, payload: memoryview) -> bytes | None:
+        """Where ``payload`` lies in a ``Group.empty`` block, if the peer can map it."""
+        if not self.cma or len(payload) < _REF_MIN_BYTES or peer not in self.local_pids:
+            return None
+        ref = shared.ref(np.frombuffer(payload, np.uint8))
+        if ref == shared.NO_REF:
+            return None
+        return _REF_MSG.pack(len(payload)) + ref
+
+    @property
+    def peer_blocks(self) -> PeerBlocks:
+        """This rank's mappings of peers' ``Group.empty`` blocks (made on first use)."""
+        if self._peer_blocks is None:
+            self._peer_blocks = PeerBlocks()
+        return self._peer_blocks
+
     def close(self) -> None:
+        if self._peer_blocks is not None:
+            self._peer_blocks.close()
         if self.arena is not None:
             self.arena.close()
         for ch in self.channels.values():

@@ -115,14 +115,30 @@ class Group:
 
     # -- machinery -----------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
-        """Which transport reaches each peer, and where every rank runs."""
+        """Which transport reaches each peer, which ranks share memory (``hosts``), whether
+        host-aware algorithms run (``hierarchical``), and where every rank runs."""
         return {
             "rank": self.rank,
             "peers": {p: ch.kind for p, ch in sorted(self._comm.channels.items())},
+            "hosts": [list(h) for h in self._comm.hosts],
+            "hierarchical": self._comm.hier is not None,
             "members": [
                 {k: e[k] for k in ("rank", "actor_id", "node_id", "pid")} for e in self._roster
             ],
         }
+
+    def empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """A new uninitialised array in memory that this host's other ranks can map.
+
+        Ops on such arrays skip a copy between ranks on one host: ``send`` hands the receiver a
+        reference and it copies straight out of the sender's array (one copy instead of two),
+        and large broadcasts, allgathers and allreduces read peers' arrays with plain copies
+        instead of cross-memory attach. Use it like any numpy array (``torch.from_numpy``
+        shares it); ranks on other hosts receive its bytes as usual.
+        """
+        from sideband.collective import shared
+
+        return shared.empty(shape, dtype)
 
     def _scratch(self, key: str, nbytes: int) -> np.ndarray:
         # Reused across ops: the hot path allocates nothing once buffers have grown to size.

@@ -40,12 +40,17 @@ def roster_key(name: str, session: str) -> str:
 
 
 def host_key() -> str:
-    """Equal for two processes exactly when they can share memory through /dev/shm."""
+    """Equal for two processes exactly when they can share memory through /dev/shm.
+
+    ``SIDEBAND_HOST_KEY`` splits one machine into several "hosts" (ranks with different values
+    never share memory): for testing multi-host algorithms, or to keep shared memory off.
+    """
+    extra = os.environ.get("SIDEBAND_HOST_KEY", "")
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
         st = os.stat(shm.SHM_DIR)
-        return f"{boot}:{st.st_dev}:{st.st_ino}"
+        return f"{boot}:{st.st_dev}:{st.st_ino}:{extra}"
     except OSError:
         return f"pid-{os.getpid()}"  # no shared memory: every rank is its own host
 
@@ -252,6 +257,16 @@ def _agree_on_cma(comm: Comm, setup: Any) -> bool:
     return bool(flags.all())
 
 
+def _hosts(roster: list[dict[str, Any]], backend: str) -> list[list[int]]:
+    """Ranks that share memory, grouped per host in order of their lowest rank."""
+    if backend == Backend.TCP.value:
+        return [[e["rank"]] for e in roster]
+    by_key: dict[str, list[int]] = {}
+    for e in roster:
+        by_key.setdefault(e["host_key"], []).append(e["rank"])
+    return sorted(by_key.values())
+
+
 def _connect(
     name: str,
     rank: int,
@@ -335,7 +350,7 @@ def _connect(
         # is left in /dev/shm whatever happens to this process later.
         comm.begin("connect", None, max(0.0, deadline - time.monotonic()))
         own.publish_probe()
-        from sideband.collective import algorithms
+        from sideband.collective import algorithms, hierarchical
 
         setup = algorithms.Op(comm, 0xFFFFFFFF, 0, _no_scratch)
         algorithms.barrier(setup)
@@ -346,6 +361,8 @@ def _connect(
                 from sideband.collective.arena import Arena
 
                 comm.arena = Arena(comm)
+        comm.hosts = _hosts(roster, backend)
+        comm.hier = hierarchical.plan(comm.hosts, rank)
         comm.end()
         own.unlink()
         return comm

@@ -1,0 +1,229 @@
+"""Host-aware algorithms for groups that span several hosts.
+
+A *host* is a set of ranks that share memory (decided at connect by ``/dev/shm`` identity, not
+by IP). Flat rings cross the network once per rank; these algorithms cross it once per host pair
+and per piece of data, and leave the rest to shared memory:
+
+- allreduce, same number of ranks on every host (2-D): reduce-scatter inside each host; local
+  rank ``i`` of every host allreduces its segment with local rank ``i`` of the other hosts, so
+  every rank drives one TCP stream at once; allgather inside each host. Other shapes and small
+  messages: reduce to each host's leader, allreduce among leaders, broadcast inside each host.
+- broadcast: a pipelined chain that visits host after host (the network is crossed once per
+  host); small messages go root -> other hosts' leaders -> their local ranks.
+- allgather: every row crosses to each other host once, to one designated rank there, which
+  passes it on through shared memory.
+- reduce_scatter: rows are first reduced inside each host, then each host's partial of row
+  ``k`` crosses once, to rank ``k``.
+
+Every phase runs the flat algorithms of ``algorithms.py`` on a :class:`SubOp`: the same comm,
+tag and descriptor, seen through a subset of ranks. All ranks derive the same plan from the
+roster, so they agree without talking.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from sideband.collective import algorithms as alg
+from sideband.collective.comm import KIND_COLL
+
+ENV = "SIDEBAND_HIERARCHICAL"
+
+
+class Hier:
+    """This rank's place among the group's hosts."""
+
+    def __init__(self, hosts: list[list[int]], rank: int) -> None:
+        self.hosts = hosts
+        self.host_of = {r: h for h, ranks in enumerate(hosts) for r in ranks}
+        self.me = self.host_of[rank]
+        self.mine = hosts[self.me]
+        self.local = self.mine.index(rank)
+        self.leaders = [h[0] for h in hosts]
+        # 2-D algorithms need the same number of ranks on every host.
+        self.uniform = len({len(h) for h in hosts}) == 1
+        self.cross = [h[self.local] for h in hosts] if self.uniform else None
+
+
+def plan(hosts: list[list[int]], rank: int) -> Hier | None:
+    """The hierarchical plan, or None where flat algorithms are as good (or forced)."""
+    mode = os.environ.get(ENV, "").strip().lower()
+    if mode in ("0", "false", "off", "flat"):
+        return None
+    if len(hosts) < 2:
+        return None
+    if mode not in ("1", "true", "on") and all(len(h) == 1 for h in hosts):
+        return None  # one rank per host: the flat algorithms already cross once per host
+    return Hier(hosts, rank)
+
+
+class SubComm:
+    """A comm seen through a subset of ranks: peer ``i`` is ``members[i]``."""
+
+    def __init__(self, comm: Any, members: list[int]) -> None:
+        self.parent = comm
+        self.members = members
+        self.rank = members.index(comm.rank)
+        self.world_size = len(members)
+        self.channels = {i: comm.channels[m] for i, m in enumerate(members) if m != comm.rank}
+        self.local_pids = {
+            i: comm.local_pids[m] for i, m in enumerate(members) if m in comm.local_pids
+        }
+        self.arena = None
+        self.cma = False
+        self.hier = None
+
+    def exchange(
+        self,
+        sends: list[tuple[int, memoryview]],
+        recvs: list[tuple[int, memoryview | None]],
+        kind: int,
+        tag: int,
+        desc: int,
+    ) -> list[memoryview]:
+        m = self.members
+        return self.parent.exchange(
+            [(m[p], v) for p, v in sends], [(m[p], v) for p, v in recvs], kind, tag, desc
+        )
+
+
+def sub(op: alg.Op, members: list[int]) -> alg.Op:
+    """``op`` restricted to ``members`` (which must include this rank)."""
+    return alg.Op(SubComm(op.comm, members), op.tag, op.desc, op.scratch)  # type: ignore[arg-type]
+
+
+def _x(op: alg.Op, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]]) -> None:
+    op.comm.exchange(
+        [(p, alg._bytes(v)) for p, v in sends],
+        [(p, alg._bytes(v)) for p, v in recvs],
+        KIND_COLL,
+        op.tag,
+        op.desc,
+    )
+
+
+# --- allreduce -----------------------------------------------------------------------------------
+
+
+def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
+    h: Hier = op.comm.hier
+    intra = sub(op, h.mine)
+    L = len(h.mine)
+    if h.cross is not None and L > 1 and x.nbytes > alg.SMALL_BYTES and x.size >= op.n:
+        # 2-D: local rank i ends the reduce-scatter holding segment (i + 1) % L of its host's
+        # sum, allreduces it with the ranks holding the same segment on the other hosts, and
+        # the allgather spreads the finished segments inside the host.
+        alg._reduce_scatter_ring_inplace(intra, x, reduce)
+        a, b = alg._bounds(x.size, L)[(h.local + 1) % L]
+        alg.allreduce(sub(op, h.cross), x[a:b], reduce)
+        alg._allgather_ring_segments(intra, x)
+        return
+    if L > 1:
+        alg._reduce_messages(intra, x, 0, reduce)
+    if h.local == 0:
+        alg.allreduce(sub(op, h.leaders), x, reduce)
+    if L > 1:
+        alg._broadcast_messages(intra, x, 0)
+
+
+# --- broadcast -----------------------------------------------------------------------------------
+
+
+def broadcast(op: alg.Op, x: np.ndarray, root: int) -> None:
+    h: Hier = op.comm.hier
+    rh = h.host_of[root]
+    if x.nbytes > 4 * alg.SMALL_BYTES:
+        # One pipelined chain, host after host starting at the root's: the network is crossed
+        # once per host, everything else moves through shared memory.
+        order = [root] + [r for r in h.hosts[rh] if r != root]
+        for k in range(1, len(h.hosts)):
+            order += h.hosts[(rh + k) % len(h.hosts)]
+        alg._broadcast_chain(op, x, order)
+        return
+    # Small: the root sends to its local ranks and to one leader per other host, which pass it on.
+    heads = [root if g == rh else ranks[0] for g, ranks in enumerate(h.hosts)]
+    if op.rank == root:
+        _x(op, [(p, x) for p in h.mine if p != root] + [(p, x) for p in heads if p != root], [])
+    elif h.me == rh:
+        _x(op, [], [(root, x)])
+    elif op.rank == heads[h.me]:
+        _x(op, [], [(root, x)])
+        _x(op, [(p, x) for p in h.mine if p != op.rank], [])
+    else:
+        _x(op, [], [(heads[h.me], x)])
+
+
+# --- allgather -----------------------------------------------------------------------------------
+
+
+def _receiver(h: Hier, src: int, host: int) -> int:
+    """The rank of ``host`` that receives ``src``'s row (spread over the host's ranks)."""
+    k = h.hosts[h.host_of[src]].index(src)
+    dst_ranks = h.hosts[host]
+    return dst_ranks[k % len(dst_ranks)]
+
+
+def allgather(op: alg.Op, x: np.ndarray, out: np.ndarray) -> None:
+    h: Hier = op.comm.hier
+    r = op.rank
+    out[r] = x
+    locals_ = [p for p in h.mine if p != r]
+    # Round 1: rows to local ranks through shared memory, and this rank's row to one rank of
+    # each other host; rows of other hosts arrive at the ranks designated for them.
+    sends = [(p, x) for p in locals_]
+    sends += [(_receiver(h, r, g), x) for g in range(len(h.hosts)) if g != h.me]
+    remote = [q for q in range(op.n) if h.host_of[q] != h.me]
+    got = [q for q in remote if _receiver(h, q, h.me) == r]
+    _x(op, sends, [(p, out[p]) for p in locals_] + [(q, out[q]) for q in got])
+    # Round t of the fan-out: every rank passes its t-th received row to its local ranks.
+    if not locals_:
+        return
+    per = {p: [q for q in remote if _receiver(h, q, h.me) == p] for p in h.mine}
+    for t in range(max(len(v) for v in per.values())):
+        mine = per[r][t] if t < len(per[r]) else None
+        sends = [(p, out[mine]) for p in locals_] if mine is not None else []
+        recvs = [(p, out[per[p][t]]) for p in locals_ if t < len(per[p])]
+        _x(op, sends, recvs)
+
+
+# --- reduce_scatter ------------------------------------------------------------------------------
+
+
+def _partial_holder(h: Hier, row: int, host: int) -> int:
+    """The rank of ``host`` that sums ``host``'s contributions to ``row``."""
+    if h.host_of[row] == host:
+        return row  # the row's owner sums its own host's part
+    return _receiver(h, row, host)
+
+
+def reduce_scatter(op: alg.Op, x: np.ndarray, out: np.ndarray, reduce: alg.Reducer) -> None:
+    """``x`` is (n, chunk); rank r's ``out`` receives the reduction of every rank's row r."""
+    h: Hier = op.comm.hier
+    r, n = op.rank, op.n
+    locals_ = [p for p in h.mine if p != r]
+    mine_rows = [k for k in range(n) if _partial_holder(h, k, h.me) == r]
+    part = op.scratch("hier-part", x.nbytes).view(x.dtype)[: x.size].reshape(x.shape)
+    rows = max(len(h.mine), len(h.hosts))
+    tmp = op.scratch("hier-tmp", x[0].nbytes * rows).view(x.dtype)
+    tmp = tmp[: x[0].size * rows].reshape(rows, x[0].size)
+    # Phase 1, one round per row: the host's ranks send their row k to the rank that sums it.
+    for k in range(n):
+        holder = _partial_holder(h, k, h.me)
+        if holder != r:
+            _x(op, [(holder, x[k])], [])
+            continue
+        _x(op, [], [(p, tmp[i]) for i, p in enumerate(locals_)])
+        part[k] = x[k]
+        for i in range(len(locals_)):
+            reduce(part[k], tmp[i])
+    # Phase 2: each host's partial of row k crosses the network once, to rank k.
+    sends = [(k, part[k]) for k in mine_rows if k != r]
+    others = [g for g in range(len(h.hosts)) if g != h.me]
+    recvs = [(_partial_holder(h, r, g), tmp[i]) for i, g in enumerate(others)]
+    _x(op, sends, recvs)
+    out[...] = part[r]
+    for i in range(len(others)):
+        reduce(out, tmp[i])
