@@ -32,6 +32,9 @@ def ray_session() -> Iterator[None]:
     started = False
     if not ray.is_initialized():
         ray.init(
+            # Always a fresh local instance, never a cluster that happens to run on this machine
+            # (ray.init() alone joins whatever /tmp/ray/ray_current_cluster points at).
+            address="local",
             num_cpus=4,
             include_dashboard=False,
             object_store_memory=512 * 1024 * 1024,

@@ -55,8 +55,31 @@ def _send_then_overwrite(_self: Any, n: int) -> Any:
 
 
 def test_send_from_shared_array_is_safe_to_overwrite(group4: list[Any]) -> None:
-    got = on_all(group4, _send_then_overwrite, N)
+    # Larger than a ring (4 MiB): smaller sends keep returning before the receiver arrives.
+    got = on_all(group4, _send_then_overwrite, 2_400_000)
     assert got[1:] == [(7.0, 7.0), (9.0, 9.0), (5.0, 5.0)]
+    assert on_all(group4, _ref_sends)[0] == 2  # both shared sends went by reference
+
+
+def _ref_sends(_self: Any) -> int:
+    return sideband.get_group("shared4")._comm.ref_sends
+
+
+def _both_send_first(_self: Any, n: int) -> float:
+    """Ranks 0 and 1 both send before they receive: fine below the ring size, as without empty."""
+    g = sideband.get_group("shared4")
+    if g.rank > 1:
+        return 0.0
+    x = g.empty(n, np.float32)
+    x[:] = g.rank + 1
+    out = np.zeros(n, np.float32)
+    g.send(x, 1 - g.rank)
+    g.recv(out, 1 - g.rank)
+    return float(out.mean())
+
+
+def test_small_shared_sends_stay_eager(group4: list[Any]) -> None:
+    assert on_all(group4, _both_send_first, 200_000)[:2] == [2.0, 1.0]
 
 
 def _collectives(_self: Any, n: int, shared_ranks: list[int]) -> dict[str, Any]:

@@ -38,7 +38,6 @@ KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by
 # the sender may reuse its buffer.
 KIND_REF = 4
 KIND_ACK = 5
-_REF_MIN_BYTES = 64 << 10
 _REF_MSG = struct.Struct("<Q")
 
 if TYPE_CHECKING:
@@ -276,6 +275,7 @@ class Comm:
         self.hosts: list[list[int]] = [[r] for r in range(world_size)]
         self.hier: Any = None
         self._peer_blocks: PeerBlocks | None = None
+        self.ref_sends = 0  # sends that handed over a Group.empty reference
         self.current_seq: int | None = None
         self.current_desc = 0
         self.started = 0.0
@@ -467,6 +467,7 @@ class Comm:
             else:
                 states.append(self.send_state(p, memoryview(ref), KIND_REF, tag, desc))
                 acks.append(p)
+                self.ref_sends += 1
         rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
         self.run(states + rstates)
         done = [s.peer for s in rstates if s.via_ref]
@@ -482,7 +483,11 @@ class Comm:
 
     def _ref_for(self, peer: int, payload: memoryview) -> bytes | None:
         """Where ``payload`` lies in a ``Group.empty`` block, if the peer can map it."""
-        if not self.cma or len(payload) < _REF_MIN_BYTES or peer not in self.local_pids:
+        # Only payloads that would not fit the ring anyway: a smaller send returns before the
+        # receiver arrives, and a reference (which waits for the receiver's copy) must not
+        # change that, or two ranks that both send first would wait on each other.
+        ch = self.channels[peer]
+        if not self.cma or len(payload) <= getattr(ch, "cap", 0) or peer not in self.local_pids:
             return None
         ref = shared.ref(np.frombuffer(payload, np.uint8))
         if ref == shared.NO_REF:
