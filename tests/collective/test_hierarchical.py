@@ -75,7 +75,7 @@ def test_topology_groups_ranks_by_shared_memory(hosts: Any) -> None:
             assert kind == ("shm" if keys[int(p)] == keys[r] else "tcp")
 
 
-@pytest.mark.parametrize("count", [3, 1000, 300_000, 2_100_001])
+@pytest.mark.parametrize("count", [3, 1000, 300_000, 2_100_001, 5_000_001])
 def test_hierarchical_ops_match_numpy(hosts: Any, count: int) -> None:
     layout, keys, actors, name = hosts
     n = len(actors)

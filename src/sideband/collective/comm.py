@@ -9,6 +9,7 @@ can hang forever.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 import struct
 import time
@@ -276,6 +277,7 @@ class Comm:
         self.hier: Any = None
         self._peer_blocks: PeerBlocks | None = None
         self.ref_sends = 0  # sends that handed over a Group.empty reference
+        self._pipeline: concurrent.futures.ThreadPoolExecutor | None = None
         self.current_seq: int | None = None
         self.current_desc = 0
         self.started = 0.0
@@ -501,7 +503,17 @@ class Comm:
             self._peer_blocks = PeerBlocks()
         return self._peer_blocks
 
+    def pipeline_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """A helper thread for ops that overlap their network and shared-memory phases."""
+        if self._pipeline is None:
+            self._pipeline = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"sideband-{self.label}-net"
+            )
+        return self._pipeline
+
     def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.shutdown(wait=False, cancel_futures=True)
         if self._peer_blocks is not None:
             self._peer_blocks.close()
         if self.arena is not None:

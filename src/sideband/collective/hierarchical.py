@@ -31,6 +31,9 @@ from sideband.collective import algorithms as alg
 from sideband.collective.comm import KIND_COLL
 
 ENV = "SIDEBAND_HIERARCHICAL"
+# Large allreduces go in pieces of this size: the network carries one while shared memory works
+# on its neighbours.
+PIPE_BYTES = int(os.environ.get("SIDEBAND_HIER_PIPELINE_BYTES", str(8 << 20)))
 
 
 class Hier:
@@ -113,13 +116,11 @@ def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
     intra = sub(op, h.mine)
     L = len(h.mine)
     if h.cross is not None and L > 1 and x.nbytes > alg.SMALL_BYTES and x.size >= op.n:
-        # 2-D: local rank i ends the reduce-scatter holding segment (i + 1) % L of its host's
-        # sum, allreduces it with the ranks holding the same segment on the other hosts, and
-        # the allgather spreads the finished segments inside the host.
-        alg._reduce_scatter_ring_inplace(intra, x, reduce)
-        a, b = alg._bounds(x.size, L)[(h.local + 1) % L]
-        alg.allreduce(sub(op, h.cross), x[a:b], reduce)
-        alg._allgather_ring_segments(intra, x)
+        per = max(L, PIPE_BYTES // x.itemsize)
+        if x.size >= 2 * per:
+            _allreduce_2d_pipelined(op, x, reduce, per)
+        else:
+            _allreduce_2d(op, intra, x, reduce)
         return
     if L > 1:
         alg._reduce_messages(intra, x, 0, reduce)
@@ -127,6 +128,60 @@ def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
         alg.allreduce(sub(op, h.leaders), x, reduce)
     if L > 1:
         alg._broadcast_messages(intra, x, 0)
+
+
+def _allreduce_2d(op: alg.Op, intra: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
+    """Local rank i ends the reduce-scatter holding segment (i + 1) % L of its host's sum,
+    allreduces it with the ranks holding the same segment on the other hosts, and the
+    allgather spreads the finished segments inside the host."""
+    h: Hier = op.comm.hier
+    L = len(h.mine)
+    alg._reduce_scatter_ring_inplace(intra, x, reduce)
+    a, b = alg._bounds(x.size, L)[(h.local + 1) % L]
+    alg.allreduce(sub(op, h.cross), x[a:b], reduce)
+    alg._allgather_ring_segments(intra, x)
+
+
+def _allreduce_2d_pipelined(op: alg.Op, x: np.ndarray, reduce: alg.Reducer, per: int) -> None:
+    """The 2-D allreduce in pieces, with the network phase of piece k on a helper thread while
+    this thread runs the shared-memory phases of pieces k - 1 and k + 1.
+
+    The two threads talk to disjoint peers (local ones here, remote ones there), so their
+    messages never mix; both wait on the same doorbell.
+    """
+    h: Hier = op.comm.hier
+    L = len(h.mine)
+    intra = sub(op, h.mine)
+    cross = sub(op, h.cross)
+    # The helper has scratch of its own: the phases here reuse "piece" and friends meanwhile.
+    cross.scratch = lambda key, nbytes: op.scratch("x-" + key, nbytes)  # type: ignore[misc]
+    pool = op.comm.pipeline_pool()
+    pieces = alg._pieces(0, x.size, per)
+
+    def network(lo: int, hi: int) -> None:
+        a, b = alg._bounds(hi - lo, L)[(h.local + 1) % L]
+        alg.allreduce(cross, x[lo + a : lo + b], reduce)
+
+    pending: Any = None
+    try:
+        for k, (lo, hi) in enumerate(pieces + [(0, 0)]):
+            if k < len(pieces):
+                alg._reduce_scatter_ring_inplace(intra, x[lo:hi], reduce)
+                started = pool.submit(network, lo, hi)
+            if pending is not None:
+                fut, plo, phi = pending
+                fut.result()
+                alg._allgather_ring_segments(intra, x[plo:phi])
+            pending = (started, lo, hi) if k < len(pieces) else None
+    except BaseException as e:
+        # Stop the helper before this op returns: it must not touch x afterwards.
+        op.comm.abort(e)
+        if pending is not None:
+            try:
+                pending[0].result(timeout=10)
+            except BaseException:
+                pass
+        raise
 
 
 # --- broadcast -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import ctypes
 import mmap
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 
@@ -74,6 +75,10 @@ class Segment:
         # that timed out tell which local ranks never arrived.
         self.entered = self.buf[8:12].cast("I")
         self.sleeping = self.buf[12:16].cast("I")
+        # Threads of this process asleep on the doorbell (a pipelined op sleeps in two): the
+        # flag peers read drops only when the last one wakes.
+        self._sleepers = 0
+        self._sleepers_lock = threading.Lock()
         self._unlinked = not create
 
     # -- control block -----------------------------------------------------------------------
@@ -102,12 +107,17 @@ class Segment:
 
     def sleep(self, seen: int, timeout_s: float) -> None:
         """Sleep on the own doorbell while it still reads ``seen`` (owner only)."""
-        self.sleeping[0] = 1
+        with self._sleepers_lock:
+            self._sleepers += 1
+            self.sleeping[0] = 1
         try:
             if self.doorbell[0] == seen:
                 futex.wait(self.doorbell_addr, seen, timeout_s)
         finally:
-            self.sleeping[0] = 0
+            with self._sleepers_lock:
+                self._sleepers -= 1
+                if not self._sleepers:
+                    self.sleeping[0] = 0
 
     def arena_slot(self, k: int) -> tuple[memoryview, memoryview]:
         """(header words, payload bytes) of arena slot ``k % 2``."""
