@@ -39,7 +39,7 @@ def test_smoke_run_writes_one_record_per_point(ray_session: None, tmp_path: Path
         assert isinstance(r["nbytes"], int) and r["nbytes"] >= 0
         assert (r["nbytes"] > 0) == (r["op"] in collectives.SIZED_OPS)
         if r["impl"] == "sideband":
-            assert r["transport"] in ("shm", "tcp")
+            assert r["transport"] in ("shm", "tcp", "empty")
         else:
             assert r["transport"] is None
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -54,7 +54,7 @@ def test_smoke_run_writes_one_record_per_point(ray_session: None, tmp_path: Path
             if impl in impls.split(","):
                 assert any(n.startswith(f"{impl} skipped") for n in doc["notes"]), doc["notes"]
             continue
-        for transport in ("shm", "tcp") if impl == "sideband" else (None,):
+        for transport in ("shm", "tcp", "empty") if impl == "sideband" else (None,):
             for op in collectives.SUPPORTS[impl]:
                 sizes = mode.sizes if op in collectives.SIZED_OPS else (0,)
                 for nbytes in sizes:

@@ -13,6 +13,7 @@ _BENCH_SUITES = {
     "collectives": "sideband.bench.collectives",
     "endpoints": "sideband.bench.endpoints",
     "gang": "sideband.bench.gang",
+    "multinode": "sideband.bench.multinode",
     "reliability": "sideband.bench.reliability",
 }
 
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_status)
     sub.add_parser(
         "bench",
-        help="benchmarks: sideband bench [collectives|endpoints|gang|reliability] [options]; "
+        help="benchmarks: sideband bench [collectives|endpoints|gang|reliability|multinode] "
+        "[options]; "
         "each suite's --help lists its options",
     )
     argv = sys.argv[1:] if argv is None else argv

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from sideband.bench import json_header
+
 IMPLS = ("sideband", "ray_gloo", "torch_gloo", "object_store", "mpich", "memcpy")
 OPS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "send/recv", "barrier", "create")
 SIZED_OPS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "send/recv")
@@ -998,16 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(
                 {
-                    "command": [
-                        "sideband",
-                        "bench",
-                        "collectives",
-                        *(argv if argv is not None else sys.argv[1:]),
-                    ],
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                        timespec="seconds"
-                    ),
-                    "cpus": os.cpu_count(),
+                    **json_header("collectives", argv),
                     "impls": sorted(run.impls_run),
                     "timing": "per iteration: max over ranks of perf_counter around the op after a barrier; "
                     "median/min/max over iterations; warm-ups excluded",

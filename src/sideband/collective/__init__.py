@@ -9,12 +9,16 @@ Every public function of ``ray.util.collective`` exists here with the same name,
 defaults, return values and in-place semantics. Differences, all deliberate:
 
 - ``Backend.GLOO`` / ``"gloo"`` runs sideband's native CPU backend (shared memory between ranks
-  on one host, TCP between hosts), not torch's gloo. ``"torch_gloo"`` is reserved for torch's own
-  gloo, which this version does not provide (``is_backend_available`` says so). sideband's own
-  names (``"auto"``, ``"native"``, ``"shm"``, ``"tcp"``) are accepted too.
+  on one host, TCP between hosts), not torch's gloo. ``"torch_gloo"`` runs torch's own gloo
+  under sideband's rendezvous (needs torch). sideband's own names (``"auto"``, ``"native"``,
+  ``"shm"``, ``"tcp"``) are accepted too.
 - Group names may not contain ``"/"`` (an ``InvalidArgumentError``, a ``ValueError``).
-- ``Backend.NCCL`` (still the default, as in Ray) and every ``*_multigpu`` function raise
-  :class:`sideband.BackendUnavailableError` (a ``RuntimeError``) where no GPU backend exists.
+- ``Backend.NCCL`` (still the default, as in Ray) runs torch's NCCL (``"torch_nccl"``) where torch
+  with CUDA is available, and raises :class:`sideband.BackendUnavailableError` (a
+  ``RuntimeError``) otherwise; every ``*_multigpu`` function raises it (one GPU per process).
+- Tensors may be numpy arrays, torch tensors (CPU or CUDA, any dtype incl. bfloat16) and cupy
+  arrays; on ``"gloo"`` groups CUDA tensors are staged through pinned host memory or moved by
+  CUDA IPC (see docs/gpu.md).
 - ``gloo_timeout`` (milliseconds) becomes the group's deadline (``Group.timeout_s``): a join
   gives up with a :class:`sideband.RendezvousError`, an operation with a
   :class:`sideband.CollectiveTimeoutError` (both ``RuntimeError``) instead of hanging.
@@ -216,25 +220,28 @@ def _is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def _is_cuda(x: Any) -> bool:
+    from sideband.collective import cuda
+
+    return cuda.is_cuda(x)
+
+
 def _check_single_tensor_input(tensor: Any, what: str = "tensor") -> None:
-    """numpy arrays and CPU torch tensors only; GPU arrays need a GPU backend."""
+    """numpy arrays, torch tensors (CPU or CUDA) and cupy arrays."""
     if isinstance(tensor, np.ndarray):
         return
     if _is_torch(tensor):
-        if tensor.device.type != "cpu":
+        if tensor.device.type not in ("cpu", "cuda"):
             raise BackendUnavailableError(
-                f"{what} is on {tensor.device}; sideband.collective runs CPU tensors only "
-                "(no GPU backend here). Move it with .cpu() or use a GPU-capable stack."
+                f"{what} is on {tensor.device}; sideband.collective runs CPU and CUDA tensors. "
+                "Move it with .cpu()."
             )
         return
-    if type(tensor).__module__.split(".")[0] == "cupy":
-        raise BackendUnavailableError(
-            f"{what} is a cupy array; sideband.collective runs CPU tensors only (no GPU "
-            "backend here). Use numpy arrays or CPU torch tensors."
-        )
+    if type(tensor).__module__.split(".")[0] == "cupy" and _is_cuda(tensor):
+        return
     raise CollectiveUsageError(
         f"Unrecognized {what} type {type(tensor).__name__!r}. Supported types are: "
-        "numpy.ndarray and CPU torch.Tensor."
+        "numpy.ndarray, torch.Tensor (CPU or CUDA) and cupy.ndarray."
     )
 
 
@@ -248,6 +255,23 @@ def _check_tensor_list_input(tensor_list: Any, what: str = "tensor_list") -> Non
         raise CollectiveUsageError(f"{what} is an empty list of tensors.")
     for i, t in enumerate(tensor_list):
         _check_single_tensor_input(t, f"{what}[{i}]")
+
+
+def _dtype_key(x: Any) -> str:
+    """A comparable dtype name of a numpy array, torch tensor or cupy array."""
+    dt = x.dtype
+    return str(dt).replace("torch.", "") if _is_torch(x) else np.dtype(dt).name
+
+
+def _as_torch_any(x: Any) -> Any:
+    """A torch tensor sharing ``x``'s memory (numpy, torch or cupy)."""
+    if _is_torch(x):
+        return x.detach()
+    if isinstance(x, np.ndarray):
+        return _import_torch().from_numpy(x)
+    from sideband.collective import cuda
+
+    return cuda.as_torch(x)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -303,8 +327,10 @@ def _writable(x: Any) -> Any:
 
 
 def _copy_into(dst: Any, src: Any) -> None:
-    """Copy ``src`` into ``dst`` in place; either may be numpy or torch."""
-    if _is_torch(dst):
+    """Copy ``src`` into ``dst`` in place; either may be numpy, torch (CPU or CUDA) or cupy."""
+    if _is_cuda(dst) or _is_cuda(src):
+        _as_torch_any(dst).copy_(_as_torch_any(src))
+    elif _is_torch(dst):
         torch = _torch()
         dst.detach().copy_(src if _is_torch(src) else torch.from_numpy(np.ascontiguousarray(src)))
     else:
@@ -312,7 +338,7 @@ def _copy_into(dst: Any, src: Any) -> None:
 
 
 def _check_same_layout(
-    tensors: Sequence[Any], shape: tuple[int, ...], dtype: np.dtype, what: str, g: Group
+    tensors: Sequence[Any], shape: tuple[int, ...], dtype: str, what: str, g: Group
 ) -> None:
     """Every element has ``shape`` and ``dtype``, else a RuntimeError (as Ray raises)."""
     for i, t in enumerate(tensors):
@@ -321,9 +347,9 @@ def _check_same_layout(
                 f"{what}[{i}] has shape {tuple(t.shape)}, expected {shape} (group {g.name!r}, "
                 f"rank {g.rank}): every element must have the shape of the tensor."
             )
-        if _as_numpy(t).dtype != dtype:
+        if _dtype_key(t) != dtype:
             raise CollectiveUsageError(
-                f"{what}[{i}] has dtype {_as_numpy(t).dtype}, expected {dtype} (group "
+                f"{what}[{i}] has dtype {_dtype_key(t)}, expected {dtype} (group "
                 f"{g.name!r}, rank {g.rank})."
             )
 
@@ -600,7 +626,7 @@ def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> No
             f"The tensor list passed to allgather has {len(tensor_list)} elements; it must have "
             f"exactly world_size={g.world_size} (group {group_name!r}, rank {g.rank})."
         )
-    _check_same_layout(tensor_list, tuple(tensor.shape), _as_numpy(tensor).dtype, "tensor_list", g)
+    _check_same_layout(tensor_list, tuple(tensor.shape), _dtype_key(tensor), "tensor_list", g)
     gathered = g.allgather(tensor)
     for i, dst in enumerate(tensor_list):
         _copy_into(dst, gathered[i])
@@ -632,8 +658,18 @@ def reducescatter(
             f"The tensor list passed to reducescatter has {len(tensor_list)} elements; it must "
             f"have exactly world_size={g.world_size} (group {group_name!r}, rank {g.rank})."
         )
-    _check_same_layout(tensor_list, tuple(tensor.shape), _as_numpy(tensor).dtype, "tensor_list", g)
-    stacked = np.stack([_as_numpy(t) for t in tensor_list])
+    _check_same_layout(tensor_list, tuple(tensor.shape), _dtype_key(tensor), "tensor_list", g)
+    if all(isinstance(t, np.ndarray) for t in tensor_list):
+        stacked = np.stack(tensor_list)
+    else:
+        # torch, bfloat16 or CUDA elements: stack with torch on the output's device.
+        stacked = _import_torch().stack(
+            [_as_torch_any(t).to(_as_torch_any(tensor).device) for t in tensor_list]
+        )
+        if type(tensor).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            stacked = cupy.from_dlpack(stacked)
     g.reduce_scatter(stacked, op=_to_op(op), out=_writable(tensor))
 
 

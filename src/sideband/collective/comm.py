@@ -39,6 +39,7 @@ KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by
 # the sender may reuse its buffer.
 KIND_REF = 4
 KIND_ACK = 5
+KIND_IPC_ACK = 6  # CUDA IPC (ipc.py): the receiver copied from the sender's GPU memory
 _REF_MSG = struct.Struct("<Q")
 
 if TYPE_CHECKING:

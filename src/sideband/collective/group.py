@@ -35,24 +35,37 @@ _BACKENDS = {
     "gloo": "auto",
     "shm": "shm",
     "tcp": "tcp",
+    # torch.distributed process groups under sideband's rendezvous (torch_backend.py)
+    "torch_gloo": "torch_gloo",
+    "torch_nccl": "torch_nccl",
+    "nccl": "torch_nccl",
 }
-_OTHER_BACKENDS = {"torch_gloo", "nccl", "torch_nccl"}
+_TORCH_KINDS = {"torch_gloo": "gloo", "torch_nccl": "nccl"}
 
 
 def _backend(backend: Any) -> str:
+    """The canonical backend name. Availability of torch's backends is checked where the group
+    forms (in each member: the driver may have no GPU)."""
     name = getattr(backend, "value", backend)
     if isinstance(name, str):
         name = name.lower()
         if name in _BACKENDS:
             return _BACKENDS[name]
-        if name in _OTHER_BACKENDS:
-            from sideband.errors import BackendUnavailableError
-
-            raise BackendUnavailableError(
-                f"backend {name!r} is not available in this version of sideband; use 'auto' "
-                "(shared memory and TCP, the default), 'shm' or 'tcp'"
-            )
     raise InvalidArgumentError(f"unknown backend {backend!r}; use one of {sorted(_BACKENDS)}")
+
+
+def backend_available(backend: Any) -> bool:
+    """Whether ``backend`` can run in this process (torch's need torch; NCCL a CUDA device)."""
+    try:
+        be = _backend(backend)
+    except InvalidArgumentError:
+        return False
+    kind = _TORCH_KINDS.get(be)
+    if kind is None:
+        return True
+    from sideband.collective import torch_backend
+
+    return torch_backend.available(kind)[0]
 
 
 def _check_name(name: Any) -> str:
@@ -106,6 +119,10 @@ class Group:
         self._last: concurrent.futures.Future | None = None
         self._scratch_bufs: dict[str, np.ndarray] = {}
         self._destroyed = False
+        # torch.distributed process group of backend "torch_gloo" / "torch_nccl" (made at join).
+        self._torch: Any = None
+        # CUDA state (plan, NCCL process group, pinned buffers, IPC), made on first CUDA op.
+        self._cuda: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -210,20 +227,45 @@ class Group:
             return fut.result()
         return run()
 
+    def _close_torch(self) -> None:
+        """Release the torch process groups, CUDA IPC mappings and pinned buffers."""
+        broken = self._comm.abort_reason() is not None
+        tb, self._torch = self._torch, None
+        st, self._cuda = self._cuda, None
+        for b in (tb, getattr(st, "nccl", None)):
+            if b is not None:
+                b.broken = b.broken or broken
+                try:
+                    b.close()
+                except Exception:
+                    pass
+        if st is not None:
+            if st.ipc is not None:
+                try:
+                    st.ipc.close()
+                except Exception:
+                    pass
+            st.pinned.clear()
+
     def _close(self) -> None:
         if self._destroyed:
             return
         self._destroyed = True
+        torch_state = self._torch is not None or self._cuda is not None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._op_lock.acquire(timeout=5):
             try:
+                if torch_state:
+                    self._close_torch()  # no op runs now: the process group may shut down
                 self._comm.close()
             finally:
                 self._op_lock.release()
         else:
             # An op is stuck in a wait: abort it so it raises, and let the transport go.
             self._comm.abort(GroupBrokenError("group destroyed while an op was running"))
+            if torch_state:
+                self._close_torch()  # broken now: torch's process group is aborted, not joined
         try:
             _kv.delete(f"group/{self.name}/{self.session}/m/{self.rank}")
             if self.rank == 0:
@@ -431,6 +473,18 @@ def _join(
             _GROUPS.pop(name, None)
         raise
     g = Group(name, rank, world_size, be, timeout_s, joined)
+    kind = _TORCH_KINDS.get(be)
+    if kind is not None:
+        # Every member builds the torch process group now, over the native group just formed.
+        try:
+            from sideband.collective import torch_backend
+
+            g._torch = torch_backend.TorchBackend.create(g, kind)
+        except BaseException:
+            g._close()
+            with _TABLE_LOCK:
+                _GROUPS.pop(name, None)
+            raise
     with _TABLE_LOCK:
         _GROUPS[name] = g
     return g

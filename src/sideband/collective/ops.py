@@ -17,7 +17,14 @@ import numpy as np
 
 from sideband import guard
 from sideband.collective import algorithms as alg
-from sideband.collective.buffers import Buffer, as_buffer, dtype_from_name, empty_like_buffer
+from sideband.collective import cuda
+from sideband.collective.buffers import (
+    _TORCH_ONLY,
+    Buffer,
+    as_buffer,
+    dtype_from_name,
+    empty_like_buffer,
+)
 from sideband.collective.comm import KIND_P2P
 from sideband.collective.types import ReduceOp
 from sideband.errors import InvalidArgumentError
@@ -32,6 +39,80 @@ _OBJECT_DESC = 1
 def descriptor(*parts: Any) -> int:
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") | 2  # never 0 (no check) nor 1 (objects)
+
+
+# --- routing ----------------------------------------------------------------------------------
+# Where an op runs: torch.distributed (backend "torch_gloo", or NCCL for CUDA tensors when every
+# rank has a GPU of its own, or "torch_nccl"), CUDA IPC (ranks on one GPU: send/recv,
+# broadcast), or the native algorithms (CUDA tensors staged through pinned host memory). Every
+# rank decides alike from what all ranks agreed (see cuda.plan).
+
+
+def _torch_for(g: Group, x: Any) -> Any:
+    """The TorchBackend that runs a collective on ``x``, or None (native path)."""
+    if g._torch is None and type(x) is np.ndarray:
+        return None  # the common case, kept cheap: small ops take microseconds
+    if x is not None and cuda.is_cuda(x):
+        if g._torch is not None and g._torch.kind == "nccl":
+            _plan_for_nccl(g, x)
+            return g._torch
+        plan = cuda.plan(g, cuda.as_torch(x))
+        return cuda.state(g).nccl if plan.nccl else None
+    if g._torch is not None and g._torch.kind == "gloo":
+        return g._torch
+    return None
+
+
+def _plan_for_nccl(g: Group, x: Any) -> None:
+    from sideband.errors import BackendUnavailableError
+
+    plan = cuda.plan(g, cuda.as_torch(x))
+    if not plan.nccl:
+        shared = [
+            (a, b)
+            for a in range(g.world_size)
+            for b in range(a + 1, g.world_size)
+            if plan.same_gpu(a, b)
+        ]
+        raise BackendUnavailableError(
+            f"group {g.name!r}, rank {g.rank}: backend 'torch_nccl' needs one GPU per rank, but "
+            f"ranks {shared[0] if shared else '?'} share a GPU (or NCCL is missing on a rank); "
+            "NCCL cannot run two ranks on one GPU. Use backend='auto', which stages through "
+            "pinned memory and uses CUDA IPC between ranks on one GPU."
+        )
+
+
+def _p2p_route(g: Group, x: Any, peer: int, timeout_s: float | None) -> tuple[str, Any]:
+    """("torch", backend), ("ipc", None) or ("native", None) for a send/recv with ``peer``."""
+    if g._torch is None and type(x) is np.ndarray:
+        return "native", None
+    if cuda.is_cuda(x):
+        if g._torch is not None and g._torch.kind == "nccl":
+            return "torch", g._torch
+        from sideband.collective import ipc
+
+        t = cuda.as_torch(x)
+        if cuda.peer_same_gpu(g, t, peer, timeout_s) and ipc.usable():
+            return "ipc", None
+        nccl = cuda.state(g).nccl
+        return ("torch", nccl) if nccl is not None else ("native", None)
+    if g._torch is not None and g._torch.kind == "gloo":
+        return "torch", g._torch
+    return "native", None
+
+
+def _staged(body: Any, g: Group, *bufs: Buffer | None) -> Any:
+    """``body`` preceded by attaching (and filling) pinned host memory of staged CUDA buffers."""
+    staged = [(f"stage{i}", b) for i, b in enumerate(bufs) if b is not None and b.stage]
+    if not staged:
+        return body
+
+    def run(o: alg.Op) -> Any:
+        for key, b in staged:
+            b.stage(g, key)
+        return body(o)
+
+    return run
 
 
 # --- reductions --------------------------------------------------------------------------------
@@ -98,6 +179,11 @@ def _reducer(op: ReduceOp, dtype: str) -> alg.Reducer:
             tfn(a, torch.from_numpy(other).view(torch.bfloat16), out=a)
 
         return bf16
+    if dtype in _TORCH_ONLY:
+        raise InvalidArgumentError(
+            f"{op.name} of {dtype} is not supported on the native backend; fp8 reduces only on "
+            "NCCL >= 2.24 (CUDA tensors on one GPU per rank). Reduce in bfloat16 or float16"
+        )
     kind = np.dtype(dtype).kind
     if kind == "b":
         if op is ReduceOp.AVG:
@@ -176,7 +262,7 @@ def _rows(g: Group, buf: Buffer, op: str, name: str = "x") -> tuple[int, ...]:
 def _out(g: Group, out: Any, like: Buffer, shape: tuple[int, ...], op: str) -> tuple[Any, Buffer]:
     if out is None:
         out = empty_like_buffer(like, shape)
-    ob = as_buffer(out, f"{_what(g, op)} (out)", writable=True)
+    ob = as_buffer(out, f"{_what(g, op)} (out)", writable=True, fill=False)
     if ob.dtype != like.dtype or int(np.prod(ob.shape)) != int(np.prod(shape)):
         raise InvalidArgumentError(
             f"{_what(g, op)}: out must have shape {shape} and dtype {like.dtype}, got shape "
@@ -191,6 +277,11 @@ def _out(g: Group, out: Any, like: Buffer, shape: tuple[int, ...], op: str) -> t
 def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "allreduce")
     rop = reduce_op(op)
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.allreduce(tb, x, rop, async_op, timeout_s)
     buf = as_buffer(x, what, writable=True)
     red = reducer(rop, buf.dtype, what)
     desc = descriptor("allreduce", buf.dtype, buf.nbytes, rop.name)
@@ -202,7 +293,11 @@ def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None
         return x
 
     return g._submit(
-        f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body, async_op, timeout_s
+        f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})",
+        desc,
+        _staged(body, g, buf),
+        async_op,
+        timeout_s,
     )
 
 
@@ -210,6 +305,11 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
     what = _what(g, "reduce")
     dst = check_rank(g, dst, "dst", "reduce")
     rop = reduce_op(op)
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.reduce(tb, x, dst, rop, async_op, timeout_s)
     buf = as_buffer(x, what, writable=g.rank == dst)
     red = reducer(rop, buf.dtype, what)
     desc = descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst)
@@ -224,7 +324,7 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
     return g._submit(
         f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
         desc,
-        body,
+        _staged(body, g, buf),
         async_op,
         timeout_s,
     )
@@ -233,7 +333,26 @@ def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float
 def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "broadcast")
     src = check_rank(g, src, "src", "broadcast")
-    buf = as_buffer(x, what, writable=g.rank != src)
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.broadcast(tb, x, src, async_op, timeout_s)
+    if type(x) is not np.ndarray and g.world_size > 1 and cuda.is_cuda(x):
+        from sideband.collective import ipc
+
+        plan = cuda.state(g).plan  # set by _torch_for above
+        if plan is not None and plan.all_same_gpu() and ipc.usable():
+            t = cuda.as_torch(x)
+            import torch
+
+            label = f"broadcast({cuda.torch_dtype_name(t)}{list(t.shape)}, src={src}) [cuda ipc]"
+            desc = descriptor("broadcast-ipc", cuda.torch_dtype_name(t), t.numel(), src)
+            stream = torch.cuda.current_stream(t.device)
+            return g._submit(
+                label, desc, ipc.broadcast_body(g, x, t, src, stream), async_op, timeout_s
+            )
+    buf = as_buffer(x, what, writable=g.rank != src, fill=g.rank == src)
     desc = descriptor("broadcast", buf.dtype, buf.nbytes, src)
 
     def body(o: alg.Op) -> Any:
@@ -242,12 +361,21 @@ def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | Non
         return x
 
     return g._submit(
-        f"broadcast({buf.dtype}{list(buf.shape)}, src={src})", desc, body, async_op, timeout_s
+        f"broadcast({buf.dtype}{list(buf.shape)}, src={src})",
+        desc,
+        _staged(body, g, buf),
+        async_op,
+        timeout_s,
     )
 
 
 def allgather(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "allgather")
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.allgather(tb, x, out, async_op, timeout_s)
     buf = as_buffer(x, what, writable=False)
     out, ob = _out(g, out, buf, (g.world_size, *buf.shape), "allgather")
     desc = descriptor("allgather", buf.dtype, buf.nbytes)
@@ -257,12 +385,23 @@ def allgather(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | Non
         ob.finish()
         return out
 
-    return g._submit(f"allgather({buf.dtype}{list(buf.shape)})", desc, body, async_op, timeout_s)
+    return g._submit(
+        f"allgather({buf.dtype}{list(buf.shape)})",
+        desc,
+        _staged(body, g, buf, ob),
+        async_op,
+        timeout_s,
+    )
 
 
 def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "gather")
     dst = check_rank(g, dst, "dst", "gather")
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.gather(tb, x, dst, out, async_op, timeout_s)
     buf = as_buffer(x, what, writable=False)
     ob = None
     if g.rank == dst:
@@ -277,13 +416,22 @@ def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: floa
         return out
 
     return g._submit(
-        f"gather({buf.dtype}{list(buf.shape)}, dst={dst})", desc, body, async_op, timeout_s
+        f"gather({buf.dtype}{list(buf.shape)}, dst={dst})",
+        desc,
+        _staged(body, g, buf, ob),
+        async_op,
+        timeout_s,
     )
 
 
 def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "scatter")
     src = check_rank(g, src, "src", "scatter")
+    tb = _torch_for(g, x if g.rank == src else out)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.scatter(tb, x, src, out, async_op, timeout_s)
     buf = None
     metas = None
     if g.rank == src:
@@ -300,6 +448,10 @@ def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: flo
         dtype, row = guard.loads(alg.broadcast_bytes(o, metas, src))
         like = buf if buf is not None else _template(dtype, out)
         out, ob = _out(g, out, like, tuple(row), "scatter")
+        if buf is not None and buf.stage is not None:
+            buf.stage(g, "stage0")
+        if ob.stage is not None:
+            ob.stage(g, "stage1")
         arr = None if buf is None else buf.arr.reshape(g.world_size, -1)
         alg.scatter(o, arr, src, ob.arr)
         ob.finish()
@@ -315,10 +467,10 @@ def _template(dtype: str, out: Any) -> Buffer:
         if ob.dtype != dtype:
             raise InvalidArgumentError(f"scatter: out has dtype {ob.dtype}, src sends {dtype}")
         return ob
-    if dtype == "bfloat16":
+    if dtype in _TORCH_ONLY:
         import torch
 
-        return as_buffer(torch.empty(0, dtype=torch.bfloat16), "scatter", writable=False)
+        return as_buffer(torch.empty(0, dtype=getattr(torch, dtype)), "scatter", writable=False)
     return as_buffer(np.empty(0, dtype=dtype_from_name(dtype)), "scatter", writable=False)
 
 
@@ -327,6 +479,11 @@ def reduce_scatter(
 ) -> Any:
     what = _what(g, "reduce_scatter")
     rop = reduce_op(op)
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.reduce_scatter(tb, x, rop, out, async_op, timeout_s)
     buf = as_buffer(x, what, writable=False)
     red = reducer(rop, buf.dtype, what)
     row = _rows(g, buf, "reduce_scatter")
@@ -340,12 +497,21 @@ def reduce_scatter(
         return out
 
     return g._submit(
-        f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})", desc, body, async_op, timeout_s
+        f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})",
+        desc,
+        _staged(body, g, buf, ob),
+        async_op,
+        timeout_s,
     )
 
 
 def alltoall(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
     what = _what(g, "alltoall")
+    tb = _torch_for(g, x)
+    if tb is not None:
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.alltoall(tb, x, out, async_op, timeout_s)
     buf = as_buffer(x, what, writable=False)
     _rows(g, buf, "alltoall")
     out, ob = _out(g, out, buf, buf.shape, "alltoall")
@@ -357,7 +523,13 @@ def alltoall(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None
         ob.finish()
         return out
 
-    return g._submit(f"alltoall({buf.dtype}{list(buf.shape)})", desc, body, async_op, timeout_s)
+    return g._submit(
+        f"alltoall({buf.dtype}{list(buf.shape)})",
+        desc,
+        _staged(body, g, buf, ob),
+        async_op,
+        timeout_s,
+    )
 
 
 def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
@@ -370,6 +542,28 @@ def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
 def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
     dst = _check_peer(g, dst, "dst", "send")
     tag = _check_tag(g, tag, "send")
+    route, tb = _p2p_route(g, x, dst, timeout_s)
+    if route == "torch":
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.send(tb, x, dst, tag, async_op, timeout_s)
+    if route == "ipc":
+        import torch
+
+        from sideband.collective import ipc
+
+        t = cuda.as_torch(x)
+        dt = cuda.torch_dtype_name(t)
+        return g._submit(
+            f"send({dt}{list(t.shape)}, dst={dst}, tag={tag}) [cuda ipc]",
+            0,
+            ipc.send_body(
+                g, t, dst, tag, descriptor("p2p-ipc", dt), torch.cuda.current_stream(t.device)
+            ),
+            async_op,
+            timeout_s,
+            p2p=True,
+        )
     buf = as_buffer(x, _what(g, "send"), writable=False)
     desc = descriptor("p2p", buf.dtype)
 
@@ -379,7 +573,7 @@ def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float 
     return g._submit(
         f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})",
         0,
-        body,
+        _staged(body, g, buf),
         async_op,
         timeout_s,
         p2p=True,
@@ -389,7 +583,29 @@ def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float 
 def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
     src = _check_peer(g, src, "src", "recv")
     tag = _check_tag(g, tag, "recv")
-    buf = as_buffer(out, _what(g, "recv"), writable=True)
+    route, tb = _p2p_route(g, out, src, timeout_s)
+    if route == "torch":
+        from sideband.collective import torch_backend as tbk
+
+        return tbk.recv(tb, out, src, tag, async_op, timeout_s)
+    if route == "ipc":
+        import torch
+
+        from sideband.collective import ipc
+
+        t = cuda.as_torch(out)
+        dt = cuda.torch_dtype_name(t)
+        return g._submit(
+            f"recv({dt}{list(t.shape)}, src={src}, tag={tag}) [cuda ipc]",
+            0,
+            ipc.recv_body(
+                g, out, t, src, tag, descriptor("p2p-ipc", dt), torch.cuda.current_stream(t.device)
+            ),
+            async_op,
+            timeout_s,
+            p2p=True,
+        )
+    buf = as_buffer(out, _what(g, "recv"), writable=True, fill=False)
     desc = descriptor("p2p", buf.dtype)
 
     def body(o: alg.Op) -> Any:
@@ -400,7 +616,7 @@ def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: floa
     return g._submit(
         f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})",
         0,
-        body,
+        _staged(body, g, buf),
         async_op,
         timeout_s,
         p2p=True,

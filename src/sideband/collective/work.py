@@ -29,6 +29,9 @@ class Work:
         try:
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
+            # CollectiveTimeoutError is a TimeoutError too (the op's own deadline): re-raise it.
+            if self._future.done():
+                raise
             raise CollectiveTimeoutError(
                 f"{self._label} did not finish within {timeout} s of waiting; it keeps running "
                 "under the group's timeout_s"

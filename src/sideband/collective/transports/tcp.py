@@ -10,10 +10,12 @@ handles abort frames out of band.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import hmac
 import logging
 import os
+import random
 import socket
 import struct
 import threading
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sideband.collective.transports.base import Channel
+from sideband.errors import InvalidArgumentError, RendezvousError
 
 log = logging.getLogger("sideband.tcp")
 
@@ -80,12 +83,55 @@ def _mac(secret: bytes, *parts: bytes) -> bytes:
     return hmac.new(secret, b"|".join(parts), hashlib.sha256).digest()
 
 
+def port_range() -> tuple[int, int] | None:
+    """``SIDEBAND_PORT_RANGE=lo-hi``: the ports group listeners may bind (None: any)."""
+    spec = os.environ.get("SIDEBAND_PORT_RANGE", "").strip()
+    if not spec:
+        return None
+    try:
+        lo_s, hi_s = spec.split("-")
+        lo, hi = int(lo_s), int(hi_s)
+    except ValueError:
+        lo, hi = 0, -1
+    if not 1 <= lo <= hi <= 65535:
+        raise InvalidArgumentError(
+            f"SIDEBAND_PORT_RANGE={spec!r}: expected 'lo-hi' with 1 <= lo <= hi <= 65535, "
+            "e.g. 40000-40999"
+        )
+    return lo, hi
+
+
+def _bind(sock: socket.socket, host: str) -> None:
+    rng = port_range()
+    if rng is None:
+        sock.bind((host, 0))
+        return
+    ports = list(range(rng[0], rng[1] + 1))
+    # A random order: groups forming at once on one node do not all race for the first port.
+    random.shuffle(ports)
+    for port in ports:
+        try:
+            sock.bind((host, port))
+            return
+        except OSError as e:
+            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+    raise RendezvousError(
+        f"every port of SIDEBAND_PORT_RANGE={rng[0]}-{rng[1]} on {host} is taken; widen the "
+        "range (a group needs one port per rank with remote peers, only while it forms)"
+    )
+
+
 class Listener:
     """A listening socket on the node's address; accepts authenticated peers of one group."""
 
     def __init__(self, host: str) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.bind((host, 0))
+        try:
+            _bind(self.sock, host)
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.listen(128)
         self.host = host
         self.port = self.sock.getsockname()[1]
