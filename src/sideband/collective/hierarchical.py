@@ -31,9 +31,21 @@ from sideband.collective import algorithms as alg
 from sideband.collective.comm import KIND_COLL
 
 ENV = "SIDEBAND_HIERARCHICAL"
-# Large allreduces go in pieces of this size: the network carries one while shared memory works
-# on its neighbours.
-PIPE_BYTES = int(os.environ.get("SIDEBAND_HIER_PIPELINE_BYTES", str(8 << 20)))
+
+
+def pipeline_bytes(local_ranks: int) -> int:
+    """Piece size of pipelined allreduces (0: not pipelined).
+
+    The network phase of one piece runs on a second thread beside the shared-memory phases of
+    its neighbours: that pays only while every local rank has a spare core for it. Where the
+    cores are already busy (a 2-core machine with 2 ranks per host), the extra thread only adds
+    switching, and the phases run one after the other. ``SIDEBAND_HIER_PIPELINE_BYTES`` sets it
+    (0 turns it off).
+    """
+    env = os.environ.get("SIDEBAND_HIER_PIPELINE_BYTES")
+    if env is not None:
+        return int(env)
+    return 8 << 20 if 2 * local_ranks <= (os.cpu_count() or 1) else 0
 
 
 class Hier:
@@ -116,8 +128,9 @@ def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
     intra = sub(op, h.mine)
     L = len(h.mine)
     if h.cross is not None and L > 1 and x.nbytes > alg.SMALL_BYTES and x.size >= op.n:
-        per = max(L, PIPE_BYTES // x.itemsize)
-        if x.size >= 2 * per:
+        pipe = pipeline_bytes(L)
+        per = max(L, pipe // x.itemsize)
+        if pipe > 0 and x.size >= 2 * per:
             _allreduce_2d_pipelined(op, x, reduce, per)
         else:
             _allreduce_2d(op, intra, x, reduce)
