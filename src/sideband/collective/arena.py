@@ -96,7 +96,7 @@ class Arena:
             pending = still
             if not pending:
                 break
-            comm._waiting_on = pending
+            comm.waiting_for(pending)
             comm.check(in_arena=True)
             self._check_straddle(tag, desc, pending)
             comm.wait(seen, _SLICE_S)

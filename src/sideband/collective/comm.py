@@ -386,6 +386,18 @@ class Comm:
                 "calls the same operations in the same order, or pass a larger timeout_s."
             )
 
+    def waiting_for(self, peers: list[int]) -> None:
+        """Note the peers an op outside :meth:`run` waits for (named on timeouts, and asked
+        about through Ray when remote)."""
+        self._waiting_on = peers
+
+    def check_peers_now(self) -> None:
+        """:meth:`check`, with the local pid check and Ray's view of the remote peers this op
+        waits for done now rather than on their schedule (after a failure: was it a peer?)."""
+        self._next_pid_check = 0.0
+        self.check()
+        self._check_remote_actors()
+
     def _lost(self, peer: int, why: str) -> None:
         raise PeerLostError(
             f"{self.describe()}: lost {self.who(peer)}: {why}. Destroy the group and create it "

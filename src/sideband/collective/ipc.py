@@ -158,7 +158,7 @@ def _import_into(g: Group, comm: Any, meta: bytes, dst: Any, stream: Any, src_ra
 
 def wait_event(comm: Any, ev: Any, peers: list[int]) -> None:
     """Until ``ev`` completed, watching the op's deadline, abort flag and peers."""
-    comm._waiting_on = peers
+    comm.waiting_for(peers)
     delay = _POLL_MIN_S
     while not ev.query():
         comm.check()

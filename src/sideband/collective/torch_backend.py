@@ -275,7 +275,7 @@ class TorchBackend:
 
     def _wait(self, comm: Comm, work: Any, peers: list[int], threaded: bool = False) -> None:
         # Comm's remote-actor check asks Ray about the peers an op waits for.
-        comm._waiting_on = peers
+        comm.waiting_for(peers)
         delay = _POLL_MIN_S
         done, errors = self._waiter_wait(work) if threaded else (None, [])
         finished = done.is_set if done is not None else work.is_completed
@@ -298,10 +298,8 @@ class TorchBackend:
 
     def _translate(self, comm: Comm, e: BaseException) -> CollectiveError:
         """The sideband error for a failed torch op: a lost peer if any is gone."""
-        comm._next_pid_check = 0.0
         try:
-            comm.check()
-            comm._check_remote_actors()  # asks Ray about the peers the op waited for
+            comm.check_peers_now()
         except CollectiveError as found:
             return found
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
