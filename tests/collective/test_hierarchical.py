@@ -7,6 +7,7 @@ network namespaces.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -126,3 +127,27 @@ def test_flat_and_hierarchical_agree(hosts: Any) -> None:
     finally:
         for f in flat:
             ray.kill(f)
+
+
+def test_settings_follow_rank_0(ray_session: None) -> None:
+    """Ranks whose environments disagree still agree on one plan: rank 0's."""
+    envs = [
+        {"SIDEBAND_HOST_KEY": "a"},
+        {"SIDEBAND_HOST_KEY": "a", "SIDEBAND_HIERARCHICAL": "0"},
+        {"SIDEBAND_HOST_KEY": "b", "SIDEBAND_HIER_PIPELINE_BYTES": str(1 << 20)},
+        {"SIDEBAND_HOST_KEY": "b", "SIDEBAND_HIERARCHICAL": "0"},
+    ]
+    actors = [Member.options(runtime_env={"env_vars": e}).remote() for e in envs]
+    try:
+        with sideband.create_group(actors, name="hier-mixed"):
+            assert all(t["hier"] for t in on_all(actors, _topology, "hier-mixed"))
+            res = on_all(actors, _ops, "hier-mixed", 5_000_001, "float32")
+        base = np.arange(5_000_001, dtype="float32") % 97
+        # Rank 0 set no piece size: the default, from core counts, not rank 2's 1 MiB.
+        spare = 2 * 2 <= (os.cpu_count() or 1)
+        for got in res:
+            assert got["pipelined"] == spare
+            np.testing.assert_array_equal(got["allreduce"], base * 4 + 6)
+    finally:
+        for a in actors:
+            ray.kill(a)

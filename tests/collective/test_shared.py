@@ -150,3 +150,10 @@ def test_empty_validates_and_frees() -> None:
     link = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
     assert not link.startswith("/memfd:sideband")
     assert shared.empty(0, np.float32).size == 0
+
+
+def test_message_kinds_are_distinct() -> None:
+    from sideband.collective import comm
+
+    kinds = {k: v for k, v in vars(comm).items() if k.startswith("KIND_")}
+    assert len(set(kinds.values())) == len(kinds), kinds

@@ -40,6 +40,7 @@ KIND_ABORT = 3  # travels out of band: shm abort flag, or a TCP frame handled by
 KIND_REF = 4
 KIND_ACK = 5
 KIND_IPC_ACK = 6  # CUDA IPC (ipc.py): the receiver copied from the sender's GPU memory
+KIND_GPU_HELLO = 7  # cuda.py: two ranks tell each other their GPU before their first CUDA p2p
 _REF_MSG = struct.Struct("<Q")
 
 if TYPE_CHECKING:
@@ -160,6 +161,9 @@ class _Recv:
             self.result = self.into
         else:
             self.result = memoryview(src.copy())
+        # A sender that failed meanwhile (its deadline, say) set the abort flag before its
+        # caller could touch the array again: then this copy may be torn.
+        self.comm.raise_if_aborted()
         self.via_ref = True
         self.done = True
 
@@ -330,12 +334,14 @@ class Comm:
     def abort(self, err: BaseException) -> None:
         """Mark the group broken here and, best effort, on every peer."""
         reason = f"{type(err).__name__}|{err}"
+        # This rank's flag first: a helper thread of a pipelined op stops on it, and may hold a
+        # channel's send lock that the channel aborts below wait for.
+        self.own.set_abort(reason)
         for ch in self.channels.values():
             try:
                 ch.abort(reason)
             except Exception:
                 pass
-        self.own.set_abort(reason)
 
     def on_remote_abort(self, reason: str) -> None:
         self.own.set_abort(reason)
@@ -490,10 +496,14 @@ class Comm:
             # The receiver has copied the payload out of the sender's block: only now may the
             # sender's send return and its buffer change.
             empty = memoryview(b"")
-            self.run(
-                [self.send_state(p, empty, KIND_ACK, tag, 0) for p in done]
-                + [self.recv_state(p, None, KIND_ACK, tag, 0) for p in acks]
-            )
+            ack_states = [self.recv_state(p, None, KIND_ACK, tag, 0) for p in acks]
+            self.run([self.send_state(p, empty, KIND_ACK, tag, 0) for p in done] + ack_states)
+            for st in ack_states:
+                if st.result is None or len(st.result):
+                    raise MismatchError(
+                        f"{self.describe()}: rank {st.peer} answered a by-reference send with "
+                        "something other than its acknowledgement"
+                    )
         return [s.result for s in rstates]  # type: ignore[misc]
 
     def _ref_for(self, peer: int, payload: memoryview) -> bytes | None:

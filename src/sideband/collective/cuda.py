@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sideband.collective.comm import KIND_GPU_HELLO
 from sideband.errors import BackendUnavailableError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from sideband.collective.buffers import Buffer
     from sideband.collective.group import Group
-
-# A p2p message kind of its own for the pairwise GPU hello: never matched by user messages.
-KIND_GPU_HELLO = 5
 
 
 def is_cuda(x: Any) -> bool:
@@ -149,8 +147,9 @@ def plan(g: Group, t: Any) -> Plan:
         distinct = len(set(uuids)) == len(uuids)  # GPU UUIDs are unique across machines
         st.plan = Plan(uuids, hosts, distinct and all(i[1] for i in infos))
         st.device = t.device
-        for r, u in enumerate(uuids):
-            st.peer_gpu[r] = u
+        # Not copied into peer_gpu: send/recv learn their peer's GPU by a pairwise hello that
+        # both sides make on first contact, whatever collectives either ran before, so the
+        # two ends of a send always take the same path.
         own = g._torch is not None and g._torch.kind == "nccl"  # torch_nccl: made at join
         if st.plan.nccl and not own:
             import torch

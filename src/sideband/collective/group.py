@@ -147,11 +147,12 @@ class Group:
     def empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
         """A new uninitialised array in memory that this host's other ranks can map.
 
-        Ops on such arrays skip a copy between ranks on one host: ``send`` hands the receiver a
-        reference and it copies straight out of the sender's array (one copy instead of two),
-        and large broadcasts, allgathers and allreduces read peers' arrays with plain copies
-        instead of cross-memory attach. Use it like any numpy array (``torch.from_numpy``
-        shares it); ranks on other hosts receive its bytes as usual.
+        In a group whose ranks all share one host, ops on such arrays skip a copy: a ``send``
+        larger than a ring hands the receiver a reference and it copies straight out of the
+        sender's array (one copy instead of two), and large broadcasts, allgathers, allreduces
+        and reduce-scatters read peers' arrays with plain copies instead of cross-memory
+        attach. Elsewhere it is an ordinary array. Use it like any numpy array
+        (``torch.from_numpy`` shares it).
         """
         from sideband.collective import shared
 

@@ -22,7 +22,6 @@ roster, so they agree without talking.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -31,27 +30,13 @@ from sideband.collective import algorithms as alg
 from sideband.collective.comm import KIND_COLL
 
 ENV = "SIDEBAND_HIERARCHICAL"
-
-
-def pipeline_bytes(local_ranks: int) -> int:
-    """Piece size of pipelined allreduces (0: not pipelined).
-
-    The network phase of one piece runs on a second thread beside the shared-memory phases of
-    its neighbours: that pays only while every local rank has a spare core for it. Where the
-    cores are already busy (a 2-core machine with 2 ranks per host), the extra thread only adds
-    switching, and the phases run one after the other. ``SIDEBAND_HIER_PIPELINE_BYTES`` sets it
-    (0 turns it off).
-    """
-    env = os.environ.get("SIDEBAND_HIER_PIPELINE_BYTES")
-    if env is not None:
-        return int(env)
-    return 8 << 20 if 2 * local_ranks <= (os.cpu_count() or 1) else 0
+PIPE_ENV = "SIDEBAND_HIER_PIPELINE_BYTES"
 
 
 class Hier:
-    """This rank's place among the group's hosts."""
+    """This rank's place among the group's hosts, and the group's agreed settings."""
 
-    def __init__(self, hosts: list[list[int]], rank: int) -> None:
+    def __init__(self, hosts: list[list[int]], rank: int, pipeline_bytes: int = 0) -> None:
         self.hosts = hosts
         self.host_of = {r: h for h, ranks in enumerate(hosts) for r in ranks}
         self.me = self.host_of[rank]
@@ -61,18 +46,39 @@ class Hier:
         # 2-D algorithms need the same number of ranks on every host.
         self.uniform = len({len(h) for h in hosts}) == 1
         self.cross = [h[self.local] for h in hosts] if self.uniform else None
+        self.pipeline_bytes = pipeline_bytes
 
 
-def plan(hosts: list[list[int]], rank: int) -> Hier | None:
-    """The hierarchical plan, or None where flat algorithms are as good (or forced)."""
-    mode = os.environ.get(ENV, "").strip().lower()
+def plan(hosts: list[list[int]], rank: int, roster: list[dict[str, Any]]) -> Hier | None:
+    """The hierarchical plan, or None where flat algorithms are as good (or forced).
+
+    Every rank derives it from the roster alone, with rank 0's settings, so all ranks agree
+    even where their environments or core counts differ.
+    """
+    mode = str(roster[0].get("hier") or "").strip().lower()
     if mode in ("0", "false", "off", "flat"):
         return None
     if len(hosts) < 2:
         return None
     if mode not in ("1", "true", "on") and all(len(h) == 1 for h in hosts):
         return None  # one rank per host: the flat algorithms already cross once per host
-    return Hier(hosts, rank)
+    return Hier(hosts, rank, _pipeline_bytes(hosts, roster))
+
+
+def _pipeline_bytes(hosts: list[list[int]], roster: list[dict[str, Any]]) -> int:
+    """Piece size of pipelined allreduces (0: not pipelined).
+
+    The network phase of one piece runs on a second thread beside the shared-memory phases of
+    its neighbours: that pays only while every rank has a spare core for it. Where the cores are
+    already busy (a 2-core machine with 2 ranks per host), the extra thread only adds switching,
+    and the phases run one after the other. ``SIDEBAND_HIER_PIPELINE_BYTES`` (rank 0's) sets
+    it; 0 turns it off.
+    """
+    env = roster[0].get("hier_pipeline")
+    if env is not None:
+        return int(env)
+    spare = all(2 * len(h) <= int(roster[h[0]].get("cpus") or 1) for h in hosts)
+    return 8 << 20 if spare else 0
 
 
 class SubComm:
@@ -128,7 +134,7 @@ def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
     intra = sub(op, h.mine)
     L = len(h.mine)
     if h.cross is not None and L > 1 and x.nbytes > alg.SMALL_BYTES and x.size >= op.n:
-        pipe = pipeline_bytes(L)
+        pipe = h.pipeline_bytes
         per = max(L, pipe // x.itemsize)
         if pipe > 0 and x.size >= 2 * per:
             _allreduce_2d_pipelined(op, x, reduce, per)
@@ -175,23 +181,26 @@ def _allreduce_2d_pipelined(op: alg.Op, x: np.ndarray, reduce: alg.Reducer, per:
         a, b = alg._bounds(hi - lo, L)[(h.local + 1) % L]
         alg.allreduce(cross, x[lo + a : lo + b], reduce)
 
+    submitted: list[Any] = []
     pending: Any = None
     try:
         for k, (lo, hi) in enumerate(pieces + [(0, 0)]):
             if k < len(pieces):
                 alg._reduce_scatter_ring_inplace(intra, x[lo:hi], reduce)
                 started = pool.submit(network, lo, hi)
+                submitted.append(started)
             if pending is not None:
                 fut, plo, phi = pending
                 fut.result()
                 alg._allgather_ring_segments(intra, x[plo:phi])
             pending = (started, lo, hi) if k < len(pieces) else None
     except BaseException as e:
-        # Stop the helper before this op returns: it must not touch x afterwards.
+        # The helper must be done with x before this op returns: abort (its waits check the
+        # flag and stop), then wait for every piece it was given.
         op.comm.abort(e)
-        if pending is not None:
+        for fut in submitted:
             try:
-                pending[0].result(timeout=10)
+                fut.result()
             except BaseException:
                 pass
         raise

@@ -94,8 +94,9 @@ def _p2p_route(g: Group, x: Any, peer: int, timeout_s: float | None) -> tuple[st
         t = cuda.as_torch(x)
         if cuda.peer_same_gpu(g, t, peer, timeout_s) and ipc.usable():
             return "ipc", None
-        nccl = cuda.state(g).nccl
-        return ("torch", nccl) if nccl is not None else ("native", None)
+        # Not the NCCL group an "auto" group makes on its first CUDA collective: the other end
+        # may not have run that collective yet, and both ends must take the same path.
+        return "native", None
     if g._torch is not None and g._torch.kind == "gloo":
         return "torch", g._torch
     return "native", None

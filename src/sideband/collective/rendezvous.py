@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sideband import _kv, _net
+from sideband.collective import hierarchical
 from sideband.collective.comm import Comm, spin_default
 from sideband.collective.transports import shm, tcp
 from sideband.collective.transports.base import Channel
@@ -144,6 +145,10 @@ def _agree(
         "node_id": node_id,
         "pid": os.getpid(),
         "host_key": host_key(),
+        # Settings every rank must apply alike: the group follows rank 0's (hierarchical.plan).
+        "cpus": os.cpu_count() or 1,
+        "hier": os.environ.get(hierarchical.ENV, ""),
+        "hier_pipeline": os.environ.get(hierarchical.PIPE_ENV),
     }
     fixed = rec is not None
     if rec is None and rank == 0:
@@ -350,7 +355,7 @@ def _connect(
         # is left in /dev/shm whatever happens to this process later.
         comm.begin("connect", None, max(0.0, deadline - time.monotonic()))
         own.publish_probe()
-        from sideband.collective import algorithms, hierarchical
+        from sideband.collective import algorithms
 
         setup = algorithms.Op(comm, 0xFFFFFFFF, 0, _no_scratch)
         algorithms.barrier(setup)
@@ -362,7 +367,7 @@ def _connect(
 
                 comm.arena = Arena(comm)
         comm.hosts = _hosts(roster, backend)
-        comm.hier = hierarchical.plan(comm.hosts, rank)
+        comm.hier = hierarchical.plan(comm.hosts, rank, roster)
         comm.end()
         own.unlink()
         return comm

@@ -83,13 +83,19 @@ def ref(arr: np.ndarray) -> bytes:
 
 
 class PeerBlocks:
-    """One rank's mappings of its peers' blocks, most recently used kept (a mapping pins the
-    peer's memory, so the cache is bounded)."""
+    """One rank's mappings of its peers' blocks, most recently used kept.
 
-    def __init__(self, limit: int = 32) -> None:
+    A mapping keeps the peer's memory alive even after the peer freed its array, so the cache
+    is bounded (by count and by bytes), and whenever a new block is mapped, mappings of blocks
+    their owners have since freed (the fd is gone or names another file) are dropped.
+    """
+
+    def __init__(self, limit: int = 32, limit_bytes: int = 4 << 30) -> None:
         self.limit = limit
+        self.limit_bytes = limit_bytes
         self._maps: collections.OrderedDict[tuple[int, int, int], tuple[mmap.mmap, np.ndarray]]
         self._maps = collections.OrderedDict()
+        self._bytes = 0
 
     def view(self, ref_bytes: bytes | memoryview, nbytes: int) -> np.ndarray:
         """The ``nbytes`` bytes a peer's reference points at, as a uint8 array."""
@@ -97,30 +103,53 @@ class PeerBlocks:
         key = (pid, fd, ino)
         hit = self._maps.get(key)
         if hit is None:
-            f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+            self._drop_freed()
+            try:
+                f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
+            except OSError as e:
+                raise OSError(
+                    f"could not open the Group.empty block of the rank with pid {pid} ({e}); "
+                    "it exited, or freed the array before the op"
+                ) from e
             try:
                 if os.fstat(f).st_ino != ino:
                     raise OSError(f"rank with pid {pid} reused fd {fd} for another file")
-                mm = mmap.mmap(f, size)
+                # Read-only: peers only ever copy out of each other's blocks.
+                mm = mmap.mmap(f, size, prot=mmap.PROT_READ)
             finally:
                 os.close(f)
             hit = (mm, np.frombuffer(mm, np.uint8))
             self._maps[key] = hit
-            while len(self._maps) > self.limit:
-                _, (old, _arr) = self._maps.popitem(last=False)
-                del _arr
-                _close_quietly(old)
+            self._bytes += size
+            while len(self._maps) > 1 and (
+                len(self._maps) > self.limit or self._bytes > self.limit_bytes
+            ):
+                self._evict(next(iter(self._maps)))
         else:
             self._maps.move_to_end(key)
         if offset + nbytes > size:
             raise OSError(f"reference past the end of a peer's block ({offset}+{nbytes}>{size})")
         return hit[1][offset : offset + nbytes]
 
+    def _drop_freed(self) -> None:
+        for key in list(self._maps):
+            pid, fd, ino = key
+            try:
+                alive = os.stat(f"/proc/{pid}/fd/{fd}").st_ino == ino
+            except OSError:
+                alive = False
+            if not alive:
+                self._evict(key)
+
+    def _evict(self, key: tuple[int, int, int]) -> None:
+        mm, arr = self._maps.pop(key)
+        self._bytes -= len(mm)
+        del arr
+        _close_quietly(mm)
+
     def close(self) -> None:
         while self._maps:
-            _, (mm, arr) = self._maps.popitem()
-            del arr
-            _close_quietly(mm)
+            self._evict(next(iter(self._maps)))
 
 
 def _close_quietly(mm: mmap.mmap) -> None:

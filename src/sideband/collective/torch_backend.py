@@ -116,6 +116,7 @@ class TorchBackend:
             )
         torch, dist = _torch()
         from sideband import _net
+        from sideband.collective.transports import tcp
 
         timeout = datetime.timedelta(seconds=_pg_timeout(kind, g.timeout_s))
         store_timeout = datetime.timedelta(seconds=g.timeout_s)
@@ -126,7 +127,7 @@ class TorchBackend:
             host = _net.node_address()
             try:
                 sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-                sock.bind((host, 0))
+                tcp.bind_in_range(sock, host)  # SIDEBAND_PORT_RANGE applies to the store too
                 sock.listen(128)
                 port = sock.getsockname()[1]
                 try:

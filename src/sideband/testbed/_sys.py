@@ -100,7 +100,10 @@ def session_tree(roots: Iterable[int]) -> set[int]:
     descended from them: everything a ``ray start`` we launched has spawned."""
     roots = set(roots)
     info = {p: s for p in _all_pids() if (s := _stat(p)) is not None}
-    found = {p for p, (_pp, sid) in info.items() if sid in roots} | (roots & set(info))
+    # By session id only: a root leads its own session, so it is matched while it lives, and
+    # Linux never reuses a pid that is still some session's id. A root that exited and whose
+    # pid now belongs to a stranger (not in our session) is never matched.
+    found = {p for p, (_pp, sid) in info.items() if sid in roots}
     grew = True
     while grew:  # children that left the session (setsid) but still descend from it
         more = {p for p, (pp, _sid) in info.items() if pp in found and p not in found}

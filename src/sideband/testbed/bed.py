@@ -230,8 +230,11 @@ class Testbed:
         if self.mode == NETNS:
             listed = _sys.run(["ip", "netns", "list"], 10, check=False).stdout
             out += [f"namespace {ln.split()[0]}" for ln in listed.splitlines() if self.tag in ln]
-        pids = {p for h in self.hosts for p in h.started if _sys.alive(p)}
-        pids |= {d.pid for d in self._drivers if _sys.alive(d.pid)}
+        # Recomputed from our sessions, not from remembered pids, which strangers may reuse.
+        roots = {
+            proc.pid for h in self.hosts for proc in (h.ray, h.anchor, h.wire) if proc is not None
+        } | {d.pid for d in self._drivers}
+        pids = _sys.session_tree(roots)
         out += [f"pid {p}" for p in sorted(pids)]
         if self._tmp and os.path.exists(self._tmp):
             out.append(f"directory {self._tmp}")

@@ -101,7 +101,8 @@ def port_range() -> tuple[int, int] | None:
     return lo, hi
 
 
-def _bind(sock: socket.socket, host: str) -> None:
+def bind_in_range(sock: socket.socket, host: str) -> None:
+    """Bind ``sock`` to ``host`` on a port of SIDEBAND_PORT_RANGE (any free port if unset)."""
     rng = port_range()
     if rng is None:
         sock.bind((host, 0))
@@ -128,7 +129,7 @@ class Listener:
     def __init__(self, host: str) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         try:
-            _bind(self.sock, host)
+            bind_in_range(self.sock, host)
         except BaseException:
             self.sock.close()
             raise
