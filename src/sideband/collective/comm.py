@@ -51,6 +51,9 @@ _SLICE_S = 0.1
 # A sender blocked on a full ring re-checks this often even without a wake-up: receivers wake
 # senders only when a ring was at least half full (see ShmChannel.read_into).
 SPACE_POLL_S = 0.002
+# Poll_until's pauses: first checks soon (GPU copies finish in microseconds), then every 2 ms.
+_POLL_MIN_S = 20e-6
+_POLL_MAX_S = 0.002
 _PID_CHECK_S = 0.5
 # Remote peers' liveness comes from Ray (a GCS query), asked only while an op has been blocked
 # this long, and then at most this often: idle groups cost nothing, and a lost node is noticed
@@ -397,6 +400,16 @@ class Comm:
         about through Ray when remote)."""
         self._waiting_on = peers
 
+    def poll_until(self, done: Callable[[], bool], peers: list[int]) -> None:
+        """Until ``done()``, for work that no doorbell announces (a CUDA event, a torch op):
+        polls with growing pauses, checking the deadline, abort flag and ``peers``."""
+        self.waiting_for(peers)
+        delay = _POLL_MIN_S
+        while not done():
+            self.check()
+            time.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX_S)
+
     def check_peers_now(self) -> None:
         """:meth:`check`, with the local pid check and Ray's view of the remote peers this op
         waits for done now rather than on their schedule (after a failure: was it a peer?)."""
@@ -479,17 +492,32 @@ class Comm:
         desc: int,
     ) -> list[memoryview]:
         """Send and receive concurrently; returns the received payloads in ``recvs`` order."""
+        if kind == KIND_P2P:
+            return self._exchange_p2p(sends, recvs, tag, desc)
+        states: list[_Send | _Recv] = [self.send_state(p, v, kind, tag, desc) for p, v in sends]
+        rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
+        self.run(states + rstates)
+        return [s.result for s in rstates]  # type: ignore[misc]
+
+    def _exchange_p2p(
+        self,
+        sends: Sequence[tuple[int, memoryview]],
+        recvs: Sequence[tuple[int, memoryview | None]],
+        tag: int,
+        desc: int,
+    ) -> list[memoryview]:
+        """:meth:`exchange` of point-to-point messages, which may travel by reference."""
         states: list[_Send | _Recv] = []
         acks: list[int] = []
         for p, v in sends:
-            ref = self._ref_for(p, v) if kind == KIND_P2P else None
+            ref = self._ref_for(p, v)
             if ref is None:
-                states.append(self.send_state(p, v, kind, tag, desc))
+                states.append(self.send_state(p, v, KIND_P2P, tag, desc))
             else:
                 states.append(self.send_state(p, memoryview(ref), KIND_REF, tag, desc))
                 acks.append(p)
                 self.ref_sends += 1
-        rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
+        rstates = [self.recv_state(p, v, KIND_P2P, tag, desc) for p, v in recvs]
         self.run(states + rstates)
         done = [s.peer for s in rstates if s.via_ref]
         if done or acks:

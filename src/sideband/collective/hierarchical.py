@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from sideband.collective import algorithms as alg
-from sideband.collective.comm import KIND_COLL
 
 ENV = "SIDEBAND_HIERARCHICAL"
 PIPE_ENV = "SIDEBAND_HIER_PIPELINE_BYTES"
@@ -114,16 +113,6 @@ class SubComm:
 def sub(op: alg.Op, members: list[int]) -> alg.Op:
     """``op`` restricted to ``members`` (which must include this rank)."""
     return alg.Op(SubComm(op.comm, members), op.tag, op.desc, op.scratch)  # type: ignore[arg-type]
-
-
-def _x(op: alg.Op, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]]) -> None:
-    op.comm.exchange(
-        [(p, alg._bytes(v)) for p, v in sends],
-        [(p, alg._bytes(v)) for p, v in recvs],
-        KIND_COLL,
-        op.tag,
-        op.desc,
-    )
 
 
 # --- allreduce -----------------------------------------------------------------------------------
@@ -223,14 +212,16 @@ def broadcast(op: alg.Op, x: np.ndarray, root: int) -> None:
     # Small: the root sends to its local ranks and to one leader per other host, which pass it on.
     heads = [root if g == rh else ranks[0] for g, ranks in enumerate(h.hosts)]
     if op.rank == root:
-        _x(op, [(p, x) for p in h.mine if p != root] + [(p, x) for p in heads if p != root], [])
+        op.exchange(
+            [(p, x) for p in h.mine if p != root] + [(p, x) for p in heads if p != root], []
+        )
     elif h.me == rh:
-        _x(op, [], [(root, x)])
+        op.exchange([], [(root, x)])
     elif op.rank == heads[h.me]:
-        _x(op, [], [(root, x)])
-        _x(op, [(p, x) for p in h.mine if p != op.rank], [])
+        op.exchange([], [(root, x)])
+        op.exchange([(p, x) for p in h.mine if p != op.rank], [])
     else:
-        _x(op, [], [(heads[h.me], x)])
+        op.exchange([], [(heads[h.me], x)])
 
 
 # --- allgather -----------------------------------------------------------------------------------
@@ -254,7 +245,7 @@ def allgather(op: alg.Op, x: np.ndarray, out: np.ndarray) -> None:
     sends += [(_receiver(h, r, g), x) for g in range(len(h.hosts)) if g != h.me]
     remote = [q for q in range(op.n) if h.host_of[q] != h.me]
     got = [q for q in remote if _receiver(h, q, h.me) == r]
-    _x(op, sends, [(p, out[p]) for p in locals_] + [(q, out[q]) for q in got])
+    op.exchange(sends, [(p, out[p]) for p in locals_] + [(q, out[q]) for q in got])
     # Round t of the fan-out: every rank passes its t-th received row to its local ranks.
     if not locals_:
         return
@@ -263,7 +254,7 @@ def allgather(op: alg.Op, x: np.ndarray, out: np.ndarray) -> None:
         mine = per[r][t] if t < len(per[r]) else None
         sends = [(p, out[mine]) for p in locals_] if mine is not None else []
         recvs = [(p, out[per[p][t]]) for p in locals_ if t < len(per[p])]
-        _x(op, sends, recvs)
+        op.exchange(sends, recvs)
 
 
 # --- reduce_scatter ------------------------------------------------------------------------------
@@ -290,9 +281,9 @@ def reduce_scatter(op: alg.Op, x: np.ndarray, out: np.ndarray, reduce: alg.Reduc
     for k in range(n):
         holder = _partial_holder(h, k, h.me)
         if holder != r:
-            _x(op, [(holder, x[k])], [])
+            op.exchange([(holder, x[k])], [])
             continue
-        _x(op, [], [(p, tmp[i]) for i, p in enumerate(locals_)])
+        op.exchange([], [(p, tmp[i]) for i, p in enumerate(locals_)])
         part[k] = x[k]
         for i in range(len(locals_)):
             reduce(part[k], tmp[i])
@@ -300,7 +291,7 @@ def reduce_scatter(op: alg.Op, x: np.ndarray, out: np.ndarray, reduce: alg.Reduc
     sends = [(k, part[k]) for k in mine_rows if k != r]
     others = [g for g in range(len(h.hosts)) if g != h.me]
     recvs = [(_partial_holder(h, r, g), tmp[i]) for i, g in enumerate(others)]
-    _x(op, sends, recvs)
+    op.exchange(sends, recvs)
     out[...] = part[r]
     for i in range(len(others)):
         reduce(out, tmp[i])

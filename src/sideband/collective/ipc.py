@@ -21,7 +21,6 @@ import os
 import pickle
 import struct
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from sideband.collective.comm import KIND_IPC_ACK
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 
 _META = struct.Struct("<Q64s")  # nbytes, event handle; torch's pickled description follows
 _MAX_MAPPINGS = 32
-_POLL_MIN_S = 20e-6
-_POLL_MAX_S = 0.002
 
 
 def usable() -> bool:
@@ -153,17 +150,7 @@ def _import_into(g: Group, comm: Any, meta: bytes, dst: Any, stream: Any, src_ra
         dst.view(-1).view(torch.uint8).copy_(src.reshape(-1).view(torch.uint8), non_blocking=True)
         done = torch.cuda.Event()
         done.record(stream)
-    wait_event(comm, done, [src_rank])
-
-
-def wait_event(comm: Any, ev: Any, peers: list[int]) -> None:
-    """Until ``ev`` completed, watching the op's deadline, abort flag and peers."""
-    comm.waiting_for(peers)
-    delay = _POLL_MIN_S
-    while not ev.query():
-        comm.check()
-        time.sleep(delay)
-        delay = min(delay * 2, _POLL_MAX_S)
+    comm.poll_until(done.query, [src_rank])
 
 
 def _contig(t: Any, stream: Any) -> Any:

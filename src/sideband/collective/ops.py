@@ -540,6 +540,27 @@ def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
 # --- point to point ----------------------------------------------------------------------------
 
 
+def _ipc_p2p(
+    g: Group, kind: str, x: Any, peer: int, tag: int, async_op: bool, timeout_s: float | None
+) -> Any:
+    """``send`` or ``recv`` of a CUDA tensor by CUDA IPC (both ranks on one GPU)."""
+    import torch
+
+    from sideband.collective import ipc
+
+    t = cuda.as_torch(x)
+    dt = cuda.torch_dtype_name(t)
+    desc = descriptor("p2p-ipc", dt)
+    stream = torch.cuda.current_stream(t.device)
+    if kind == "send":
+        label = f"send({dt}{list(t.shape)}, dst={peer}, tag={tag}) [cuda ipc]"
+        body = ipc.send_body(g, t, peer, tag, desc, stream)
+    else:
+        label = f"recv({dt}{list(t.shape)}, src={peer}, tag={tag}) [cuda ipc]"
+        body = ipc.recv_body(g, x, t, peer, tag, desc, stream)
+    return g._submit(label, 0, body, async_op, timeout_s, p2p=True)
+
+
 def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
     dst = _check_peer(g, dst, "dst", "send")
     tag = _check_tag(g, tag, "send")
@@ -549,22 +570,7 @@ def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float 
 
         return tbk.send(tb, x, dst, tag, async_op, timeout_s)
     if route == "ipc":
-        import torch
-
-        from sideband.collective import ipc
-
-        t = cuda.as_torch(x)
-        dt = cuda.torch_dtype_name(t)
-        return g._submit(
-            f"send({dt}{list(t.shape)}, dst={dst}, tag={tag}) [cuda ipc]",
-            0,
-            ipc.send_body(
-                g, t, dst, tag, descriptor("p2p-ipc", dt), torch.cuda.current_stream(t.device)
-            ),
-            async_op,
-            timeout_s,
-            p2p=True,
-        )
+        return _ipc_p2p(g, "send", x, dst, tag, async_op, timeout_s)
     buf = as_buffer(x, _what(g, "send"), writable=False)
     desc = descriptor("p2p", buf.dtype)
 
@@ -590,22 +596,7 @@ def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: floa
 
         return tbk.recv(tb, out, src, tag, async_op, timeout_s)
     if route == "ipc":
-        import torch
-
-        from sideband.collective import ipc
-
-        t = cuda.as_torch(out)
-        dt = cuda.torch_dtype_name(t)
-        return g._submit(
-            f"recv({dt}{list(t.shape)}, src={src}, tag={tag}) [cuda ipc]",
-            0,
-            ipc.recv_body(
-                g, out, t, src, tag, descriptor("p2p-ipc", dt), torch.cuda.current_stream(t.device)
-            ),
-            async_op,
-            timeout_s,
-            p2p=True,
-        )
+        return _ipc_p2p(g, "recv", out, src, tag, async_op, timeout_s)
     buf = as_buffer(out, _what(g, "recv"), writable=True, fill=False)
     desc = descriptor("p2p", buf.dtype)
 

@@ -20,7 +20,6 @@ import datetime
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 _NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 # Gradual back-off while polling a torch Work: small ops finish within the first polls.
-_POLL_MIN_S = 20e-6
-_POLL_MAX_S = 0.005
 
 # Broken process groups whose worker threads may still be stuck in a wait: kept referenced so
 # their destructors (which join those threads) never run on a caller's thread.
@@ -275,16 +272,9 @@ class TorchBackend:
         return done, errors
 
     def _wait(self, comm: Comm, work: Any, peers: list[int], threaded: bool = False) -> None:
-        # Comm's remote-actor check asks Ray about the peers an op waits for.
-        comm.waiting_for(peers)
-        delay = _POLL_MIN_S
         done, errors = self._waiter_wait(work) if threaded else (None, [])
-        finished = done.is_set if done is not None else work.is_completed
         try:
-            while not finished():
-                comm.check()
-                time.sleep(delay)
-                delay = min(delay * 2, _POLL_MAX_S)
+            comm.poll_until(done.is_set if done is not None else work.is_completed, peers)
         except CollectiveError:
             self._mark_broken()
             raise
