@@ -8,6 +8,8 @@ catching what it caught before.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SidebandError(Exception):
     """Base class of every error sideband raises."""
@@ -56,6 +58,14 @@ class BackendUnavailableError(CollectiveError):
     """The requested backend cannot run here (missing library, no GPU...)."""
 
 
+class CollectiveUsageError(InvalidArgumentError, CollectiveError):
+    """A call was invalid (bad rank, tensor type, list length or shape...).
+
+    Both a ``ValueError`` and a ``RuntimeError``: ``ray.util.collective`` raises one or the other
+    for these mistakes, and callers switched to sideband keep catching what they caught.
+    """
+
+
 class OutOfBandRefError(SidebandError, TypeError):
     """A ``ray.ObjectRef`` was about to be sent out of band, where Ray cannot count references."""
 
@@ -75,6 +85,33 @@ class EndpointNotFoundError(EndpointError, LookupError):
     """No live endpoint exists for that actor or name."""
 
 
+class EndpointCallError(EndpointError):
+    """A gRPC call to an actor endpoint failed; ``code`` is the gRPC status code name."""
+
+    def __init__(self, message: str, code: str, details: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class HTTPError(EndpointError):
+    """Raised by an HTTP handler to answer ``status`` with ``detail`` (FastAPI's HTTPException).
+
+    Any other exception escaping a handler is a bug in the handler and answers 500.
+    """
+
+    def __init__(
+        self, status: int, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.status, self.detail, self.headers))
+
+
 # --- gangs -------------------------------------------------------------------------------------
 
 
@@ -84,3 +121,31 @@ class GangError(SidebandError, RuntimeError):
 
 class GangSetupError(GangError):
     """A gang could not be placed or its library could not be initialised."""
+
+
+class GangMemberError(GangError):
+    """A member's function or setup raised, or the member died; names the rank and node."""
+
+    def __init__(
+        self,
+        message: str,
+        rank: int | None = None,
+        node: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.node = node
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.rank, self.node, self.remote_traceback))
+
+
+# --- test bed ----------------------------------------------------------------------------------
+
+
+class TestbedError(SidebandError):
+    """The test bed could not be built, used or torn down."""
+
+    __test__ = False  # not a pytest test class, despite the name

@@ -53,7 +53,7 @@ import numpy as np
 from sideband.collective import types
 from sideband.errors import (
     BackendUnavailableError,
-    CollectiveError,
+    CollectiveUsageError,
     InvalidArgumentError,
 )
 
@@ -100,14 +100,6 @@ _KNOWN_BACKENDS = _CPU_BACKENDS | _GPU_BACKENDS | {"gloo", "torch_gloo"}
 
 _readonly_warned = False
 _readonly_lock = threading.Lock()
-
-
-class CollectiveUsageError(InvalidArgumentError, CollectiveError):
-    """A call was invalid (bad rank, tensor type, list length or shape...).
-
-    Both a ``ValueError`` and a ``RuntimeError``: ``ray.util.collective`` raises one or the other
-    for these mistakes, and callers switched to sideband keep catching what they caught.
-    """
 
 
 # --- core access --------------------------------------------------------------------------------

@@ -8,16 +8,7 @@ from typing import Any
 
 from sideband.endpoint import generic_proto, registry
 from sideband.endpoint.grpc import _grpc
-from sideband.errors import EndpointError
-
-
-class EndpointCallError(EndpointError):
-    """A gRPC call to an actor endpoint failed; ``code`` is the gRPC status code name."""
-
-    def __init__(self, message: str, code: str, details: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.details = details
+from sideband.errors import EndpointCallError, EndpointError
 
 
 def target(actor: Any, timeout_s: float = 30.0, namespace: str | None = None) -> str:

@@ -7,9 +7,10 @@ MASTER_ADDR, MASTER_PORT), initialises the library, and watches them as one.
 
 from __future__ import annotations
 
+from sideband.errors import GangMemberError
 from sideband.gang.contract import GangContext, context
 from sideband.gang.gang import Gang
-from sideband.gang.member import GangMemberError, save_checkpoint
+from sideband.gang.member import save_checkpoint
 from sideband.gang.registry import list_gangs
 from sideband.gang.setup import GangPlan, Setup, register_setup
 

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sideband.errors import GangError, GangSetupError, InvalidArgumentError
+from sideband.errors import GangError, GangMemberError, GangSetupError, InvalidArgumentError
 from sideband.gang import checkpoint as _checkpoint
 from sideband.gang import registry
 from sideband.gang.contract import GangContext
-from sideband.gang.member import GangMember, GangMemberError
+from sideband.gang.member import GangMember
 from sideband.gang.placement import (
     STRATEGIES,
     actor_options,

@@ -9,29 +9,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sideband.errors import GangError
+from sideband.errors import GangMemberError
 from sideband.gang import contract as _context
 from sideband.gang.contract import GangContext
 from sideband.gang.setup import Setup
-
-
-class GangMemberError(GangError):
-    """A member's function or setup raised, or the member died; names the rank and node."""
-
-    def __init__(
-        self,
-        message: str,
-        rank: int | None = None,
-        node: str | None = None,
-        remote_traceback: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.rank = rank
-        self.node = node
-        self.remote_traceback = remote_traceback
-
-    def __reduce__(self) -> Any:
-        return (type(self), (self.args[0], self.rank, self.node, self.remote_traceback))
 
 
 class GangMember:

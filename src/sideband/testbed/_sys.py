@@ -15,15 +15,9 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from sideband.errors import SidebandError
+from sideband.errors import TestbedError
 
 PREFIX = "sbtb"  # namespaces and temp dirs: sbtb-<owner pid>-<random>[-...]
-
-
-class TestbedError(SidebandError):
-    """The test bed could not be built, used or torn down."""
-
-    __test__ = False  # not a pytest test class, despite the name
 
 
 def run(cmd: list[str], timeout_s: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
