@@ -5,18 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from sideband import guard
-from sideband.collective.group import (
-    Group,
-    GroupHandle,
-    create_group,
+from sideband.collective.api.driver import GroupHandle, create_group, list_groups
+from sideband.collective.api.group import Group
+from sideband.collective.api.table import (
     destroy_group,
     get_group,
     init_group,
     is_group_initialized,
-    list_groups,
 )
+from sideband.collective.runtime.work import Work
 from sideband.collective.types import ReduceOp
-from sideband.collective.work import Work
 from sideband.errors import (
     BackendUnavailableError,
     CollectiveError,

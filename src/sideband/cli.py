@@ -35,7 +35,7 @@ def _status(_args: argparse.Namespace) -> int:
 
 def status_text() -> str:
     """Groups, endpoints and gangs of the connected cluster, as text."""
-    from sideband.collective.group import list_groups
+    from sideband.collective.api.driver import list_groups
 
     parts = []
     groups = list_groups()

@@ -431,7 +431,7 @@ def test_no_shared_memory_left_behind(actors):
 
 
 def test_declare_group_joins_lazily(actors):
-    from sideband.collective.group import declare_group
+    from sideband.collective.api.driver import declare_group
 
     ws = actors(3)
     declare_group(ws, 3, [2, 0, 1], name="declared")

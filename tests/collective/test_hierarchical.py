@@ -69,7 +69,7 @@ def _ops(_self: Any, name: str, count: int, dtype: str) -> dict:
     g.allreduce(z, op="max")
     out["max"] = z
     g.barrier()
-    out["pipelined"] = g._comm._pipeline is not None
+    out["pipelined"] = g._plan.pipelined
     return out
 
 

@@ -17,6 +17,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import os, socket, subprocess, threading, time
+    from sideband.collective.comm.framing import CODEC
     from sideband.collective.transports import tcp
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -31,8 +32,8 @@ SCRIPT = textwrap.dedent(
     t.start()
     s1 = tcp.connect_peer("127.0.0.1", lst.port, "s", b"k" * 32, 1, time.monotonic() + 10)
     t.join()
-    a = tcp.TcpChannel(1, holder["socks"][1], lambda: None, lambda r: None)
-    b = tcp.TcpChannel(0, s1, lambda: None, lambda r: None)
+    a = tcp.TcpChannel(1, holder["socks"][1], CODEC, lambda: None, lambda r: None)
+    b = tcp.TcpChannel(0, s1, CODEC, lambda: None, lambda r: None)
     time.sleep(4)  # idle but healthy: keepalive probes are answered, nothing is lost
     print("idle", a.lost(), b.lost())
     subprocess.run(["ip", "link", "set", "lo", "down"], check=True)

@@ -12,7 +12,7 @@ import ray
 from collective_helpers import Member, on_all
 
 import sideband
-from sideband.collective import shared
+from sideband.collective.transports import memfd as shared
 from sideband.errors import InvalidArgumentError
 
 N = 300_000  # 1.2 MB of float32: above the sizes that take the small-message paths
@@ -62,7 +62,7 @@ def test_send_from_shared_array_is_safe_to_overwrite(group4: list[Any]) -> None:
 
 
 def _ref_sends(_self: Any) -> int:
-    return sideband.get_group("shared4")._comm.ref_sends
+    return sideband.get_group("shared4")._comm.refs.sends
 
 
 def _both_send_first(_self: Any, n: int) -> float:
@@ -153,7 +153,8 @@ def test_empty_validates_and_frees() -> None:
 
 
 def test_message_kinds_are_distinct() -> None:
-    from sideband.collective import comm
+    from sideband.collective.comm import framing
 
-    kinds = {k: v for k, v in vars(comm).items() if k.startswith("KIND_")}
+    kinds = {k: v for k, v in vars(framing).items() if k.startswith("KIND_")}
     assert len(set(kinds.values())) == len(kinds), kinds
+    assert sorted(framing.KINDS.values()) == sorted(kinds.values())

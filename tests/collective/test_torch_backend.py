@@ -12,7 +12,8 @@ import ray
 from collective_helpers import Member, on_all, on_all_refs
 
 import sideband
-from sideband.collective import group as core
+from sideband.collective.api import checks
+from sideband.collective.api import table as core
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(
@@ -226,16 +227,16 @@ def test_backend_mismatch_is_a_rendezvous_error(ray_session: None) -> None:
 
 
 def test_backend_names() -> None:
-    assert core._backend("torch_gloo") == "torch_gloo"
-    assert core._backend("NCCL") == "torch_nccl"
+    assert checks.backend("torch_gloo") == "torch_gloo"
+    assert checks.backend("NCCL") == "torch_nccl"
     from sideband.collective.types import Backend
 
-    assert core._backend(Backend.TORCH_NCCL) == "torch_nccl"
+    assert checks.backend(Backend.TORCH_NCCL) == "torch_nccl"
     if not torch.cuda.is_available():
         assert not core.backend_available("torch_nccl")
-        from sideband.collective import torch_backend
+        from sideband.collective.backends import torch_pg
 
-        ok, why = torch_backend.available("nccl")
+        ok, why = torch_pg.available("nccl")
         assert not ok and why
 
 
@@ -342,36 +343,33 @@ def test_dropin_torch_bf16(ray_session: None, backend: str) -> None:
 
 def test_gpu_paths_import_without_cuda() -> None:
     # GPU-only modules import and answer without a GPU.
-    from sideband.collective import cuda, ipc, torch_backend
+    from sideband.collective.backends import cuda, ipc, torch_pg  # noqa: F401
+    from sideband.collective.runtime import arrays
 
-    assert not cuda.is_cuda(np.ones(2))
-    assert not cuda.is_cuda(torch.ones(2))
+    assert not arrays.is_cuda(np.ones(2))
+    assert not arrays.is_cuda(torch.ones(2))
     assert isinstance(ipc.usable(), bool)
-    assert torch_backend.available("gloo")[0]
+    assert torch_pg.available("gloo")[0]
 
 
 def test_gpu_plan_and_nccl_checks_without_gpu() -> None:
-    from types import SimpleNamespace
-
-    from sideband.collective import cuda, torch_backend
+    from sideband.collective.backends import cuda, torch_pg
+    from sideband.collective.runtime import reduce as red
 
     p = cuda.Plan(uuids=["a", "a", "b"], hosts=["h", "h", "h"], nccl=False)
     assert p.same_gpu(0, 1) and not p.same_gpu(1, 2) and not p.all_same_gpu()
     assert cuda.Plan(["a", "a"], ["h", "i"], False).same_gpu(0, 1) is False  # other host
-    nccl = SimpleNamespace(kind="nccl")
+    # One table for every backend (runtime/reduce.py), checked at the edge.
     with pytest.raises(sideband.InvalidArgumentError, match="bitwise"):
-        torch_backend.check_reduction(
-            nccl, torch.ones(2, dtype=torch.int32), sideband.ReduceOp.BXOR, "t"
-        )
+        red.check(sideband.ReduceOp.BXOR, "int32", "nccl", "t")
     with pytest.raises(sideband.InvalidArgumentError, match="bitwise"):
-        torch_backend.check_reduction(
-            nccl, torch.ones(2, dtype=torch.bool), sideband.ReduceOp.BXOR, "t"
-        )
+        red.check(sideband.ReduceOp.BXOR, "bool", "nccl", "t")
     # bool or/and become MAX/MIN on uint8, which NCCL has
-    torch_backend.check_reduction(nccl, torch.ones(2, dtype=torch.bool), sideband.ReduceOp.SUM, "t")
-    f8 = torch.ones(2).to(torch.float8_e4m3fn)
-    if not torch_backend.nccl_fp8_reductions():
+    red.check(sideband.ReduceOp.SUM, "bool", "nccl", "t")
+    if not torch_pg.nccl_fp8_reductions():
         with pytest.raises(sideband.InvalidArgumentError, match="2.24"):
-            torch_backend.check_reduction(nccl, f8, sideband.ReduceOp.SUM, "t")
+            red.check(sideband.ReduceOp.SUM, "float8_e4m3fn", "nccl", "t", nccl_fp8=False)
     with pytest.raises(sideband.InvalidArgumentError, match="2.24"):
-        torch_backend.check_reduction(SimpleNamespace(kind="gloo"), f8, sideband.ReduceOp.SUM, "t")
+        red.check(sideband.ReduceOp.SUM, "float8_e4m3fn", "gloo", "t")
+    with pytest.raises(sideband.InvalidArgumentError, match="2.24"):
+        red.check(sideband.ReduceOp.SUM, "float8_e4m3fn", "native", "t")

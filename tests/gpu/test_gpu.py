@@ -114,7 +114,7 @@ def _fp8_sum(_self: Any, name: str) -> str:
     import torch
 
     import sideband
-    from sideband.collective import torch_backend
+    from sideband.collective.backends import torch_pg as torch_backend
 
     g = sideband.get_group(name)
     x = torch.tensor([0.5, 1.0], device="cuda").to(torch.float8_e4m3fn)

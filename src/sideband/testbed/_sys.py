@@ -120,6 +120,40 @@ def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
             pass
 
 
+def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` with its output piped (as text), in a session of its own: one signal to
+    the session ends it and whatever it spawned, and :func:`session_tree` finds them all."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def spawn_up(argv: list[str]) -> tuple[subprocess.Popen, str | None]:
+    """:func:`spawn` a process that prints ``up`` once ready: (it, None), or (it, its stderr)
+    when it printed something else or exited first."""
+    p = spawn(argv)
+    line = p.stdout.readline() if p.stdout else ""
+    if line.strip() != "up":
+        return p, (p.stderr.read() if p.stderr else "").strip()
+    return p, None
+
+
+def reap(p: subprocess.Popen, timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for ``p`` to exit (it was signalled), then close its pipes."""
+    try:
+        p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    for stream in (p.stdout, p.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def wait_gone(pids: Iterable[int], timeout_s: float) -> set[int]:
     """Wait until none of ``pids`` is alive; returns those still alive at the deadline."""
     left = set(pids)

@@ -7,6 +7,11 @@ cross hosts. Host 0 runs the Ray head and the drivers, the others run Ray worker
 
 local mode (the fallback): the same Ray nodes as plain processes on 127.0.0.x. They share
 /dev/shm, so collectives must be forced to TCP (``Testbed.backend`` says which to use).
+
+This class holds the state and the order of things; the steps live by job in
+:mod:`~sideband.testbed.network` (namespaces, bridge), :mod:`~sideband.testbed.links` (delay,
+throttle, unplug), :mod:`~sideband.testbed.nodes` (Ray node processes) and
+:mod:`~sideband.testbed._sys` (commands and processes).
 """
 
 from __future__ import annotations
@@ -16,52 +21,17 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-from sideband.testbed import _sys
-from sideband.testbed._sys import TestbedError
+from sideband.errors import TestbedError
+from sideband.testbed import _sys, links, network, nodes
 from sideband.testbed.driver import ENV_INFO, DriverRun
+from sideband.testbed.host import LOCAL, NETNS, Host
 
-NETNS = "netns"
-LOCAL = "local"
 _MODES = ("auto", NETNS, LOCAL)
-_IFACE = "sb0"  # the host's interface inside its namespace
-_RAY_PORT = 6379
-_READY = "Ray runtime started"
-
-
-@dataclass
-class Host:
-    """One 'host': a Ray node, plus its namespaces in netns mode."""
-
-    index: int
-    ip: str
-    netns: str | None = None
-    generation: int = 0
-    anchor: subprocess.Popen | None = None  # holds the host's mount namespace (netns mode)
-    ray: subprocess.Popen | None = None  # `ray start --block`, in a session of its own
-    wire: subprocess.Popen | None = None  # the userspace delay link, where netem is missing
-    log_path: str = ""
-    state: str = "down"  # down, up, cut
-    started: set[int] = field(default_factory=set)  # every pid we launched for this host
-
-    @property
-    def resource(self) -> str:
-        """The custom resource that pins actors here; a restored host gets a new one, so that
-        nothing is scheduled on the dead node Ray has not forgotten yet."""
-        return f"testbed_host{self.index}_g{self.generation}"
-
-    @property
-    def port_iface(self) -> str:
-        return f"h{self.index}"  # the switch side of the host's veth
 
 
 class Testbed:
@@ -120,7 +90,7 @@ class Testbed:
             Host(i, f"{subnet}.{i + 1}" if mode == NETNS else f"127.0.0.{i + 1}")
             for i in range(hosts)
         ]
-        self._port = _RAY_PORT
+        self._port = nodes.RAY_PORT
         self._drivers: list[DriverRun] = []
         self._closed = False
         self._atexit = False
@@ -174,16 +144,16 @@ class Testbed:
             self._tmp = tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp")
             if self.mode == NETNS:
                 _sys.remove_stale_namespaces()
-                self._make_switch()
+                network.make_switch(self._switch)
                 for h in self.hosts:
-                    self._make_host(h)
+                    network.make_host(self._switch, self.tag, h)
             else:
-                self._port = _free_port("127.0.0.1")
+                self._port = nodes.free_port("127.0.0.1")
             self._start_ray(self.hosts[0], head=True)
             for h in self.hosts[1:]:
                 self._start_ray(h, head=False, wait=False)
             for h in self.hosts[1:]:
-                self._wait_ready(h)
+                nodes.wait_ready(h, self.start_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -198,24 +168,13 @@ class Testbed:
         errors: list[str] = []
         for d in self._drivers:
             d.kill()
-        # Graceful first: `ray start --block` stops its node on SIGTERM. Workers first, head last.
-        # A cut host is killed outright: cut off from the head, its graceful stop would hang.
-        graceful = [h for h in reversed(self.hosts) if h.state != "cut" and h.ray is not None]
-        for h in graceful:
-            if h.ray is not None and h.ray.poll() is None:
-                _sys.kill_all([h.ray.pid], signal.SIGTERM)
-        for h in graceful:
-            try:
-                h.ray.wait(timeout=5)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                pass
+        nodes.stop(list(reversed(self.hosts)))  # workers first, head last
         for h in self.hosts:
             left = self._kill_host(h)
             if left:
                 errors.append(f"host {h.index}: processes {sorted(left)} survived SIGKILL")
         if self.mode == NETNS:
-            for ns in [h.netns for h in self.hosts if h.netns] + [self._switch]:
-                _sys.run(["ip", "netns", "del", ns], 10, check=False)
+            network.delete_namespaces([h.netns for h in self.hosts if h.netns] + [self._switch])
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
         if self._atexit:
@@ -228,8 +187,7 @@ class Testbed:
         """Anything of this test bed still present (empty after a clean close)."""
         out = []
         if self.mode == NETNS:
-            listed = _sys.run(["ip", "netns", "list"], 10, check=False).stdout
-            out += [f"namespace {ln.split()[0]}" for ln in listed.splitlines() if self.tag in ln]
+            out += [f"namespace {ns}" for ns in network.namespaces_of(self.tag)]
         # Recomputed from our sessions, not from remembered pids, which strangers may reuse.
         roots = {
             proc.pid for h in self.hosts for proc in (h.ray, h.anchor, h.wire) if proc is not None
@@ -253,87 +211,36 @@ class Testbed:
         if self.netem_available:
             # A queue deep enough for a fast link's bandwidth-delay product: netem's default of
             # 1000 packets would drop, and a 'slow link' test would become a 'lossy link' test.
-            self._qdisc(host, "delay", ["netem", "delay", f"{ms}ms", "limit", "100000"])
+            links.set_qdisc(self._switch, h, ["netem", "delay", f"{ms}ms", "limit", "100000"])
             return
-        sw, a, b, port = self._switch, f"w{host}a", f"w{host}b", h.port_iface
-        _sys.run(["ip", "-n", sw, "link", "add", a, "type", "veth", "peer", "name", b])
-        _sys.run(["ip", "-n", sw, "link", "set", a, "master", "br0", "up"])
-        _sys.run(["ip", "-n", sw, "link", "set", b, "up", "promisc", "on"])
-        _sys.run(["ip", "-n", sw, "link", "set", port, "nomaster", "promisc", "on"])
-        h.wire = subprocess.Popen(
-            ["ip", "netns", "exec", sw, sys.executable, "-m", "sideband.testbed.wire"]
-            + [port, b, str(ms)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        h.started.add(h.wire.pid)
-        line = h.wire.stdout.readline() if h.wire.stdout else ""
-        if line.strip() != "up":
-            err = h.wire.stderr.read() if h.wire.stderr else ""
-            self._unwire(h)
-            raise TestbedError(f"host {host}: the delay link did not start: {err.strip()}")
+        links.wire(self._switch, h, ms)
 
     @property
     def delay_method(self) -> str:
         """How :meth:`delay` delays here: "netem" or "wire" (userspace)."""
         return "netem" if self.netem_available else "wire"
 
-    def _unwire(self, h: Host) -> None:
-        """Stop the delay forwarder and put the host's port back on the bridge."""
-        if h.wire is not None:
-            _sys.kill_all([h.wire.pid])
-            try:
-                h.wire.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            for stream in (h.wire.stdout, h.wire.stderr):
-                if stream is not None:
-                    stream.close()
-            h.wire = None
-            sw = self._switch
-            _sys.run(["ip", "-n", sw, "link", "del", f"w{h.index}a"], check=False)
-            _sys.run(["ip", "-n", sw, "link", "set", h.port_iface, "master", "br0"], check=False)
-
     def throttle(self, host: int, mbit: float) -> None:
         """Limit ``host``'s link to ``mbit`` Mbit/s in each direction (tc tbf): a slow link
         whose latency grows with the queue, for kernels without netem."""
         self.clear_delay(host)
+        h = self._netns_host(host, "throttle")
         burst = max(1600, int(mbit * 1e6 / 8 / 100))  # 10 ms worth of bytes, at least a frame
-        self._qdisc(host, "throttle", ["tbf", "rate", f"{mbit}mbit", "burst", str(burst)]
-                    + ["latency", "1s"])  # fmt: skip
+        links.set_qdisc(self._switch, h, ["tbf", "rate", f"{mbit}mbit", "burst", str(burst)]
+                        + ["latency", "1s"])  # fmt: skip
 
     @property
     def netem_available(self) -> bool:
         """Whether the kernel has tc netem (else :meth:`delay` uses the userspace wire)."""
         if self._netem is None:
-            self._netem = False
-            if self.mode == NETNS:
-                ns = self._switch
-                # A throwaway veth: the one link type the test bed needs anyway.
-                _sys.run(["ip", "-n", ns, "link", "add", "nq0", "type", "veth"]
-                         + ["peer", "name", "nq1"], check=False)  # fmt: skip
-                p = _sys.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "nq0"]
-                             + ["root", "netem", "delay", "1ms"], check=False)  # fmt: skip
-                _sys.run(["ip", "-n", ns, "link", "del", "nq0"], check=False)
-                self._netem = p.returncode == 0
+            self._netem = self.mode == NETNS and links.netem_available(self._switch)
         return self._netem
 
     def clear_delay(self, host: int) -> None:
         """Remove any delay or throttle from ``host``'s link."""
         h = self._netns_host(host, "clear_delay")
-        self._unwire(h)
-        for ns, dev in ((h.netns, _IFACE), (self._switch, h.port_iface)):
-            _sys.run(
-                ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False
-            )
-
-    def _qdisc(self, host: int, what: str, qdisc: list[str]) -> None:
-        h = self._netns_host(host, what)
-        for ns, dev in ((h.netns, _IFACE), (self._switch, h.port_iface)):
-            _sys.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root"]
-                     + qdisc)  # fmt: skip
+        links.unwire(self._switch, h)
+        links.clear_qdisc(self._switch, h)
 
     def cut(self, host: int, how: str = "kill") -> None:
         """Take ``host`` down: "kill" SIGKILLs all its processes (a crash: the kernel closes
@@ -343,8 +250,7 @@ class Testbed:
             self._kill_host(h)
         elif how == "link":
             self._netns_host(host, "cut(how='link')")
-            self._unwire(h)
-            _sys.run(["ip", "-n", self._switch, "link", "del", h.port_iface])
+            links.unplug(self._switch, h)
         else:
             raise TestbedError(f"cut: how must be 'kill' or 'link', got {how!r}")
         h.state = "cut"
@@ -355,12 +261,11 @@ class Testbed:
         if host == 0:
             raise TestbedError("host 0 holds the Ray head: start a new Testbed instead")
         self._kill_host(h)
-        if self.mode == NETNS and h.netns:
-            _sys.run(["ip", "netns", "del", h.netns], 10, check=False)
-            _sys.run(["ip", "-n", self._switch, "link", "del", h.port_iface], 10, check=False)
+        if self.mode == NETNS:
+            network.unmake_host(self._switch, h)
         h.generation += 1
         if self.mode == NETNS:
-            self._make_host(h)
+            network.make_host(self._switch, self.tag, h)
         self._start_ray(h, head=False)
 
     def ensure_healthy(self) -> None:
@@ -402,15 +307,7 @@ class Testbed:
         self, argv: list[str], host: int = 0, env: dict[str, str] | None = None
     ) -> DriverRun:
         """Start ``argv`` (e.g. ``[sys.executable, script]``) as a driver on ``host``."""
-        p = subprocess.Popen(
-            self.command(argv, host),
-            env=self.env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # one signal ends it and whatever it spawned
-        )
-        d = DriverRun(p)
+        d = DriverRun(_sys.spawn(self.command(argv, host), self.env(env)))
         self._drivers.append(d)
         return d
 
@@ -443,125 +340,25 @@ class Testbed:
             raise TestbedError(f"{what} needs netns mode; this test bed runs in {self.mode} mode")
         return self.hosts[host]
 
-    def _make_switch(self) -> None:
-        sw = self._switch
-        _sys.run(["ip", "netns", "add", sw])
-        _sys.run(["ip", "-n", sw, "link", "set", "lo", "up"])
-        _sys.run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
-        _sys.run(["ip", "-n", sw, "link", "set", "br0", "up"])
-
-    def _make_host(self, h: Host) -> None:
-        """A namespace with one veth into the bridge, and an anchor process holding a mount
-        namespace with a private /dev/shm, which every process of the host then enters."""
-        h.netns = f"{self.tag}-h{h.index}"
-        sw, ns = self._switch, h.netns
-        _sys.run(["ip", "netns", "add", ns])
-        _sys.run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        # Created inside the switch namespace with its peer sent straight into the host's:
-        # no interface ever appears in the machine's own namespace.
-        _sys.run(["ip", "-n", sw, "link", "add", h.port_iface, "type", "veth"]
-                 + ["peer", "name", _IFACE, "netns", ns])  # fmt: skip
-        _sys.run(["ip", "-n", sw, "link", "set", h.port_iface, "master", "br0", "up"])
-        _sys.run(["ip", "-n", ns, "addr", "add", f"{h.ip}/24", "dev", _IFACE])
-        _sys.run(["ip", "-n", ns, "link", "set", _IFACE, "up"])
-        script = "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && echo up && exec sleep 2147483647"
-        h.anchor = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private"]
-            + ["sh", "-c", script],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        h.started.add(h.anchor.pid)
-        line = h.anchor.stdout.readline() if h.anchor.stdout else ""
-        if line.strip() != "up":
-            err = h.anchor.stderr.read() if h.anchor.stderr else ""
-            raise TestbedError(f"host {h.index}: private /dev/shm failed: {err.strip()}")
-
     def _start_ray(self, h: Host, head: bool, wait: bool = True) -> None:
         temp = os.path.join(self._tmp, f"h{h.index}g{h.generation}")
         os.makedirs(temp, exist_ok=True)
         h.log_path = os.path.join(self._tmp, f"ray-h{h.index}g{h.generation}.log")
-        argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
-        argv += [
-            f"--node-ip-address={h.ip}",
-            f"--num-cpus={self.cpus_per_host}",
-            "--num-gpus=0",
-            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
-            f"--resources={json.dumps({h.resource: 1000})}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ]
-        if head:
-            argv += ["--head", f"--port={self._port}", "--include-dashboard=false"]
-        else:
-            argv += [f"--address={self.address}"]
-        if self.mode == LOCAL:
-            # Several nodes on one machine: every fixed default port would collide.
-            argv += [f"--dashboard-agent-listen-port={_free_port(h.ip)}"]
-        with open(h.log_path, "w") as log:
-            h.ray = subprocess.Popen(
-                self.command(argv, h.index),
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its session id marks everything it spawns
-            )
-        h.started.add(h.ray.pid)
-        h.state = "starting"
+        argv = nodes.ray_argv(
+            h,
+            temp,
+            self.cpus_per_host,
+            self.object_store_mb,
+            head_port=self._port if head else None,
+            address=self.address,
+            own_ports=self.mode == LOCAL,
+        )
+        nodes.launch(h, self.command(argv, h.index), self.env())
         if wait:
-            self._wait_ready(h)
-
-    def _wait_ready(self, h: Host) -> None:
-        assert h.ray is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            text = _tail(h.log_path, 1 << 20)
-            if _READY in text:
-                h.state = "up"
-                h.started |= _sys.session_tree([h.ray.pid])
-                return
-            if h.ray.poll() is not None or time.monotonic() > deadline:
-                why = "exited" if h.ray.poll() is not None else "timed out"
-                raise TestbedError(
-                    f"host {h.index}: ray start {why}; log {h.log_path}:\n{_tail(h.log_path, 3000)}"
-                )
-            time.sleep(0.1)
+            nodes.wait_ready(h, self.start_timeout_s)
 
     def _kill_host(self, h: Host) -> set[int]:
         """SIGKILL every process of ``h``; returns any that survived."""
         if self.mode == NETNS:
-            self._unwire(h)
-        roots = {p for p in (h.ray.pid if h.ray else None, h.anchor.pid if h.anchor else None) if p}
-        pids = _sys.session_tree(roots)
-        if self.mode == NETNS and h.netns:
-            pids |= _sys.netns_pids(h.netns)
-        h.started |= pids
-        _sys.kill_all(pids)
-        for p in (h.ray, h.anchor):
-            if p is not None:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                for stream in (p.stdout, p.stderr):
-                    if stream is not None:
-                        stream.close()
-        h.state = "down"
-        return _sys.wait_gone(pids, 10)
-
-
-def _tail(path: str, n: int) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            f.seek(max(0, os.path.getsize(path) - n))
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+            links.unwire(self._switch, h)
+        return nodes.kill(h, self.mode == NETNS)

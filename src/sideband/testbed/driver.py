@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
 from typing import Any
 
-from sideband.testbed._sys import TestbedError, session_tree
+from sideband.errors import TestbedError
+from sideband.testbed._sys import kill_all, session_tree, spawn
 
 ENV_INFO = "SIDEBAND_TESTBED"
 RESULT_MARK = "TESTBED-RESULT "
@@ -142,11 +142,7 @@ class DriverRun:
         """SIGKILL the driver and anything left in its session (e.g. Ray nodes it started);
         returns the pids that were still alive."""
         pids = session_tree([self.pid])
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_all(pids)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -160,16 +156,7 @@ def run_process(
     """Run a driver outside any test bed (e.g. one that starts ``ray.cluster_utils.Cluster``)
     in a session of its own: (its emitted result, pids of its session still alive at its exit,
     now killed). The second item should be empty: a clean driver leaves nothing behind."""
-    d = DriverRun(
-        subprocess.Popen(
-            argv,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-    )
+    d = DriverRun(spawn(argv, env))
     try:
         result = d.result(timeout_s)
     finally:

@@ -1,22 +1,53 @@
 """The transport interface: a pair of byte streams between this rank and one peer.
 
-Message framing, tag matching, validation and waiting live once, in ``comm.py``; a transport only
+Message framing, tag matching, validation and waiting live above, in ``comm/``; a transport only
 moves bytes. Both calls are non-blocking and report progress, so one thread can drive a send and
 a receive on different channels at once (rings and socket buffers are finite: a rank that sent
 everything before receiving anything could deadlock with its peer).
+
+A transport that must split a byte stream into frames (TCP's reader thread, which handles abort
+frames out of band) is handed a :class:`FrameCodec` by its creator: it never knows the format.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class FrameCodec(Protocol):
+    """What a stream transport needs to know about comm's frames (injected, never imported)."""
+
+    header_size: int
+
+    def payload_size(self, header: memoryview) -> int:
+        """Bytes of payload that follow ``header``."""
+
+    def is_abort(self, header: memoryview) -> bool:
+        """Whether the frame is an abort notice (handled out of band by the reader)."""
+
+    def abort_frame(self, reason: str) -> bytes:
+        """A complete abort frame carrying ``reason``."""
+
+    def abort_reason(self, payload: bytes) -> str:
+        """The reason an abort frame's payload carries."""
 
 
 class Channel(ABC):
-    """Bidirectional byte stream to one peer."""
+    """Bidirectional byte stream to one peer.
+
+    Capabilities are declared, so callers never probe for a transport's private attributes:
+    ``eager_bytes`` is how much a send may leave in flight before the receiver arrives, and
+    ``peer_segment`` is the peer's shared segment where the peer's memory is mapped here.
+    """
 
     #: ``"shm"`` or ``"tcp"``: shown by ``Group.topology()`` and in errors.
     kind: str = ""
+    #: Bytes a send can hand over before the receiver takes any (a ring's capacity; 0: unknown).
+    eager_bytes: int = 0
+    #: The peer's shared segment (local peers only).
+    peer_segment: Any = None
 
     def __init__(self, peer: int) -> None:
         self.peer = peer
@@ -32,6 +63,11 @@ class Channel(ABC):
     @abstractmethod
     def read_into(self, out: memoryview) -> int:
         """Copy up to ``len(out)`` bytes that arrived from the peer; return how many (maybe 0)."""
+
+    def peek(self, n: int) -> bytes | None:
+        """The next ``n`` bytes without consuming them, if they have arrived (None otherwise, or
+        where the transport cannot tell)."""
+        return None
 
     @abstractmethod
     def abort(self, reason: str) -> None:

@@ -4,7 +4,8 @@ One connection per pair, opened by the higher rank. Before any payload is read, 
 proves group membership with an HMAC over a fresh challenge (the per-group secret travels through
 Ray, never over this socket), and the acceptor proves it back. A reader thread per connection
 drains the socket into memory, so a peer's send never blocks on this rank's progress, and it
-handles abort frames out of band.
+handles abort frames out of band. The frame format is comm's: the channel is handed a
+:class:`~sideband.collective.transports.base.FrameCodec`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sideband.collective.transports.base import Channel
+from sideband.collective.transports.base import Channel, FrameCodec
 from sideband.errors import InvalidArgumentError, RendezvousError
 
 log = logging.getLogger("sideband.tcp")
 
-HEADER = struct.Struct("<IIQQ")  # kind, tag, nbytes, desc: the framing of comm.py
-KIND_ABORT = 3
 _HELLO = struct.Struct("<16sI16s")  # session id digest, rank, connector nonce
 _SLICE_S = 0.2
 _READ_CHUNK = 1 << 20
@@ -186,20 +185,10 @@ class Listener:
 def connect_peer(
     host: str, port: int, session: str, secret: bytes, my_rank: int, deadline: float
 ) -> socket.socket:
-    """Connect to a lower rank's listener and run the mutual membership proof."""
+    """Connect to a lower rank's listener and run the mutual membership proof (one attempt:
+    OSError if nothing listens yet)."""
     digest = _session_digest(session)
-    delay = 0.005
-    while True:
-        try:
-            sock = socket.create_connection(
-                (host, port), timeout=max(0.05, deadline - time.monotonic())
-            )
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+    sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
     try:
         nonce_c = os.urandom(16)
         sock.sendall(_HELLO.pack(digest, my_rank, nonce_c))
@@ -223,11 +212,13 @@ class TcpChannel(Channel):
         self,
         peer: int,
         sock: socket.socket,
+        codec: FrameCodec,
         on_data: Callable[[], None],
         on_abort: Callable[[str], None],
     ) -> None:
         super().__init__(peer)
         self.sock = sock
+        self._codec = codec
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _watch_link(sock)
         sock.settimeout(_SLICE_S)
@@ -265,11 +256,12 @@ class TcpChannel(Channel):
 
     def _read_loop(self) -> None:
         try:
+            codec = self._codec
             while not self._closing:
-                hdr = self._read_exact(HEADER.size)
-                kind, _tag, nbytes, _desc = HEADER.unpack(hdr)
-                if kind == KIND_ABORT:
-                    self._on_abort(bytes(self._read_exact(nbytes)).decode(errors="replace"))
+                hdr = self._read_exact(codec.header_size)
+                nbytes = codec.payload_size(hdr)
+                if codec.is_abort(hdr):
+                    self._on_abort(codec.abort_reason(bytes(self._read_exact(nbytes))))
                     continue
                 self._chunks.append(hdr)
                 self._on_data()
@@ -326,11 +318,11 @@ class TcpChannel(Channel):
         return got
 
     def abort(self, reason: str) -> None:
-        data = reason.encode()[:2048]
+        frame = self._codec.abort_frame(reason)
         try:
             with self._send_lock:
                 self.sock.settimeout(0.5)
-                self.sock.sendall(HEADER.pack(KIND_ABORT, 0, len(data), 0) + data)
+                self.sock.sendall(frame)
                 self.sock.settimeout(_SLICE_S)
         except OSError:
             pass

@@ -1,10 +1,10 @@
-"""Turn numpy arrays and torch tensors into flat, contiguous numpy views, and back.
+"""Validated array arguments: flat, contiguous numpy views of what the user passed, and back.
 
 Zero-copy where the input is contiguous: a torch CPU tensor is viewed through ``Tensor.numpy()``
 (bfloat16, which numpy lacks, through an int16 view; fp8 through a uint8 view). A non-contiguous
 input is copied into a contiguous array and, for in-place ops, copied back when the op is done.
-CUDA tensors (torch, cupy) on the native path are staged through pinned host memory
-(``cuda.staged_buffer``): the Buffer gets its memory from ``stage`` when the op starts.
+CUDA tensors (torch, cupy) are staged through pinned host memory on the native path: the
+Buffer gets its memory from ``stage(pool, key)`` when the op starts.
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from sideband.collective.runtime.arrays import (
+    TORCH_ONLY,
+    as_torch,
+    dtype_name,
+    empty_like,
+    is_cuda,
+    is_torch,
+    torch_dtype,
+)
 from sideband.errors import BackendUnavailableError, InvalidArgumentError
 
 _KINDS = "biuf"  # bool, signed, unsigned, float
-_NAMES: dict[np.dtype, str] = {}
 
 
 @dataclass
@@ -28,45 +36,45 @@ class Buffer:
     obj: Any  # what the user passed
     arr: np.ndarray  # flat, C-contiguous data of ``obj`` (a view, or a copy if non-contiguous)
     shape: tuple[int, ...]
-    dtype: str  # numpy dtype name, or "bfloat16"
+    dtype: str  # numpy dtype name, or a torch-only name ("bfloat16", "float8_...")
     writeback: Callable[[], None] | None  # copies ``arr`` back into ``obj`` (non-contiguous)
     # CUDA inputs: attaches pinned host memory (filled from the device) as the op starts.
-    stage: Callable[[Any, str], None] | None = None
+    stage: Callable[[PinnedPool, str], None] | None = None
 
     @property
     def nbytes(self) -> int:
         return self.arr.nbytes
+
+    @property
+    def cuda(self) -> bool:
+        return self.stage is not None
 
     def finish(self) -> None:
         if self.writeback is not None:
             self.writeback()
 
 
-def is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
+class PinnedPool:
+    """Pinned host buffers of one group, by key, reused across its ops."""
 
+    def __init__(self) -> None:
+        self.bufs: dict[str, Any] = {}
 
-# torch dtypes numpy lacks, moved as integers of the same width (reduced by torch, see ops.py).
-_TORCH_ONLY = {
-    "bfloat16": "int16",
-    "float8_e4m3fn": "uint8",
-    "float8_e5m2": "uint8",
-    "float8_e4m3fnuz": "uint8",
-    "float8_e5m2fnuz": "uint8",
-}
+    def get(self, key: str, nbytes: int) -> Any:
+        """A pinned uint8 host tensor of at least ``nbytes``."""
+        import torch
 
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(max(nbytes, 64), dtype=torch.uint8, pin_memory=True)
+            self.bufs[key] = buf
+        return buf
 
-def torch_dtype(t: Any, what: str) -> tuple[str, np.dtype]:
-    """sideband's dtype name of torch tensor ``t`` and the numpy dtype its memory is viewed as."""
-    name = str(t.dtype).replace("torch.", "")
-    if name in _TORCH_ONLY:
-        return name, np.dtype(_TORCH_ONLY[name])
-    if t.is_complex():
-        raise InvalidArgumentError(f"{what}: complex tensors are not supported")
-    try:
-        return name, np.dtype(name)
-    except TypeError:
-        raise InvalidArgumentError(f"{what}: torch dtype {t.dtype} is not supported") from None
+    def __len__(self) -> int:
+        return len(self.bufs)
+
+    def clear(self) -> None:
+        self.bufs.clear()
 
 
 def _from_torch(x: Any, what: str) -> tuple[np.ndarray, str]:
@@ -74,12 +82,12 @@ def _from_torch(x: Any, what: str) -> tuple[np.ndarray, str]:
 
     if x.device.type != "cpu":
         raise BackendUnavailableError(
-            f"{what}: a {x.device.type} tensor was passed, but the native backend moves CPU "
-            "and CUDA memory only; move it to the CPU first (tensor.cpu())"
+            f"{what}: a {x.device.type} tensor was passed, but sideband moves CPU and CUDA "
+            "memory only; move it to the CPU first (tensor.cpu())"
         )
     t = x.detach()
     name, np_dtype = torch_dtype(t, what)
-    if name in _TORCH_ONLY:
+    if name in TORCH_ONLY:
         return t.view(getattr(torch, np_dtype.name)).numpy(), name
     return t.numpy(), name
 
@@ -92,9 +100,7 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
     """
     if isinstance(x, np.ndarray):
         base = x
-        dtype = _NAMES.get(x.dtype)  # dtype.name is slow enough to show in small ops
-        if dtype is None:
-            dtype = _NAMES[x.dtype] = x.dtype.name
+        dtype = dtype_name(x)
         if x.dtype.kind not in _KINDS:
             raise InvalidArgumentError(
                 f"{what}: dtype {x.dtype} is not supported; use bool, an integer or a float dtype "
@@ -102,17 +108,14 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
             )
     elif is_torch(x) and x.device.type == "cpu":
         base, dtype = _from_torch(x, what)
-    elif _is_cuda(x):
-        from sideband.collective import cuda
-
-        return cuda.staged_buffer(x, what, writable, fill)
+    elif is_cuda(x):
+        return staged_buffer(x, what, writable, fill)
     elif is_torch(x):
         base, dtype = _from_torch(x, what)  # raises: neither CPU nor CUDA
     else:
         raise InvalidArgumentError(
             f"{what}: expected a numpy array or a torch tensor (CPU or CUDA) or a cupy array, got "
-            f"{type(x).__name__}; use "
-            "the *_object variants for other Python objects"
+            f"{type(x).__name__}; use the *_object variants for other Python objects"
         )
     if writable and not base.flags.writeable:
         raise InvalidArgumentError(
@@ -129,25 +132,43 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
     return Buffer(x, flat, tuple(base.shape), dtype, writeback if writable else None)
 
 
-def _is_cuda(x: Any) -> bool:
-    from sideband.collective import cuda
+def staged_buffer(x: Any, what: str, writable: bool, fill: bool) -> Buffer:
+    """A Buffer for CUDA ``x`` whose host memory is attached when the op starts (``stage``)."""
+    import torch
 
-    return cuda.is_cuda(x)
+    t = as_torch(x).detach()
+    dtype, np_dtype = torch_dtype(t, what)
+    n = t.numel()
+    # A stand-in of the right size and dtype (no memory) until the op attaches pinned memory.
+    placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np_dtype), (n,), (0,))
+    stream = torch.cuda.current_stream(t.device)
+    buf = Buffer(x, placeholder, tuple(t.shape), dtype, None)
+
+    def stage(pool: PinnedPool, key: str) -> None:
+        nbytes = n * t.element_size()
+        host = pool.get(key, nbytes)[:nbytes]
+        hv = host.view(t.dtype)
+        if fill and n:
+            with torch.cuda.stream(stream):
+                hv.copy_(t.reshape(-1), non_blocking=True)
+            stream.synchronize()
+        buf.arr = host.numpy().view(np_dtype)
+        if writable:
+
+            def writeback() -> None:
+                if n:
+                    with torch.cuda.stream(stream):
+                        t.copy_(hv.view(t.shape), non_blocking=True)
+                    # The pinned buffer is reused by the next op, and the result must be in x.
+                    stream.synchronize()
+
+            buf.writeback = writeback
+
+    buf.stage = stage
+    return buf
 
 
 def empty_like_buffer(buf: Buffer, shape: tuple[int, ...]) -> Any:
     """A new array of ``shape`` and ``buf``'s dtype, of the same kind (numpy, torch or cupy) and
     device."""
-    if buf.stage is not None:
-        from sideband.collective import cuda
-
-        return cuda.empty_like(buf.obj, shape)
-    if is_torch(buf.obj):
-        import torch
-
-        return torch.empty(shape, dtype=buf.obj.dtype)
-    return np.empty(shape, dtype=buf.arr.dtype)
-
-
-def dtype_from_name(name: str) -> np.dtype:
-    return np.dtype(_TORCH_ONLY.get(name, name))
+    return empty_like(buf.obj, shape)

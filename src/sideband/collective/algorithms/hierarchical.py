@@ -15,9 +15,9 @@ and per piece of data, and leave the rest to shared memory:
 - reduce_scatter: rows are first reduced inside each host, then each host's partial of row
   ``k`` crosses once, to rank ``k``.
 
-Every phase runs the flat algorithms of ``algorithms.py`` on a :class:`SubOp`: the same comm,
-tag and descriptor, seen through a subset of ranks. All ranks derive the same plan from the
-roster, so they agree without talking.
+Every phase runs the flat algorithms (``flat.py``) on ``Op.sub``: the same comm, tag and
+descriptor, seen through a subset of ranks. All ranks derive the same :class:`Hier` from the
+roster (``rendezvous/topology.py``), so they agree without talking.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from sideband.collective import algorithms as alg
-
-ENV = "SIDEBAND_HIERARCHICAL"
-PIPE_ENV = "SIDEBAND_HIER_PIPELINE_BYTES"
+from sideband.collective.algorithms import flat
+from sideband.collective.algorithms.context import Op, Reducer, bounds, pieces
 
 
 class Hier:
@@ -48,81 +46,14 @@ class Hier:
         self.pipeline_bytes = pipeline_bytes
 
 
-def plan(hosts: list[list[int]], rank: int, roster: list[dict[str, Any]]) -> Hier | None:
-    """The hierarchical plan, or None where flat algorithms are as good (or forced).
-
-    Every rank derives it from the roster alone, with rank 0's settings, so all ranks agree
-    even where their environments or core counts differ.
-    """
-    mode = str(roster[0].get("hier") or "").strip().lower()
-    if mode in ("0", "false", "off", "flat"):
-        return None
-    if len(hosts) < 2:
-        return None
-    if mode not in ("1", "true", "on") and all(len(h) == 1 for h in hosts):
-        return None  # one rank per host: the flat algorithms already cross once per host
-    return Hier(hosts, rank, _pipeline_bytes(hosts, roster))
-
-
-def _pipeline_bytes(hosts: list[list[int]], roster: list[dict[str, Any]]) -> int:
-    """Piece size of pipelined allreduces (0: not pipelined).
-
-    The network phase of one piece runs on a second thread beside the shared-memory phases of
-    its neighbours: that pays only while every rank has a spare core for it. Where the cores are
-    already busy (a 2-core machine with 2 ranks per host), the extra thread only adds switching,
-    and the phases run one after the other. ``SIDEBAND_HIER_PIPELINE_BYTES`` (rank 0's) sets
-    it; 0 turns it off.
-    """
-    env = roster[0].get("hier_pipeline")
-    if env is not None:
-        return int(env)
-    spare = all(2 * len(h) <= int(roster[h[0]].get("cpus") or 1) for h in hosts)
-    return 8 << 20 if spare else 0
-
-
-class SubComm:
-    """A comm seen through a subset of ranks: peer ``i`` is ``members[i]``."""
-
-    def __init__(self, comm: Any, members: list[int]) -> None:
-        self.parent = comm
-        self.members = members
-        self.rank = members.index(comm.rank)
-        self.world_size = len(members)
-        self.channels = {i: comm.channels[m] for i, m in enumerate(members) if m != comm.rank}
-        self.local_pids = {
-            i: comm.local_pids[m] for i, m in enumerate(members) if m in comm.local_pids
-        }
-        self.arena = None
-        self.cma = False
-        self.hier = None
-
-    def exchange(
-        self,
-        sends: list[tuple[int, memoryview]],
-        recvs: list[tuple[int, memoryview | None]],
-        kind: int,
-        tag: int,
-        desc: int,
-    ) -> list[memoryview]:
-        m = self.members
-        return self.parent.exchange(
-            [(m[p], v) for p, v in sends], [(m[p], v) for p, v in recvs], kind, tag, desc
-        )
-
-
-def sub(op: alg.Op, members: list[int]) -> alg.Op:
-    """``op`` restricted to ``members`` (which must include this rank)."""
-    return alg.Op(SubComm(op.comm, members), op.tag, op.desc, op.scratch)  # type: ignore[arg-type]
-
-
 # --- allreduce -----------------------------------------------------------------------------------
 
 
-def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
-    h: Hier = op.comm.hier
-    intra = sub(op, h.mine)
+def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
+    h: Hier = op.plan.hier
+    intra = op.sub(h.mine)
     L = len(h.mine)
-    if h.cross is not None and L > 1 and x.nbytes > alg.SMALL_BYTES and x.size >= op.n:
+    if h.cross is not None and L > 1 and x.nbytes > flat.SMALL_BYTES and x.size >= op.n:
         pipe = h.pipeline_bytes
         per = max(L, pipe // x.itemsize)
         if pipe > 0 and x.size >= 2 * per:
@@ -131,58 +62,58 @@ def allreduce(op: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
             _allreduce_2d(op, intra, x, reduce)
         return
     if L > 1:
-        alg._reduce_messages(intra, x, 0, reduce)
+        flat.reduce_to_root(intra, x, 0, reduce)
     if h.local == 0:
-        alg.allreduce(sub(op, h.leaders), x, reduce)
+        flat.allreduce(op.sub(h.leaders), x, reduce)
     if L > 1:
-        alg._broadcast_messages(intra, x, 0)
+        flat.broadcast_messages(intra, x, 0)
 
 
-def _allreduce_2d(op: alg.Op, intra: alg.Op, x: np.ndarray, reduce: alg.Reducer) -> None:
+def _allreduce_2d(op: Op, intra: Op, x: np.ndarray, reduce: Reducer) -> None:
     """Local rank i ends the reduce-scatter holding segment (i + 1) % L of its host's sum,
     allreduces it with the ranks holding the same segment on the other hosts, and the
     allgather spreads the finished segments inside the host."""
-    h: Hier = op.comm.hier
+    h: Hier = op.plan.hier
     L = len(h.mine)
-    alg._reduce_scatter_ring_inplace(intra, x, reduce)
-    a, b = alg._bounds(x.size, L)[(h.local + 1) % L]
-    alg.allreduce(sub(op, h.cross), x[a:b], reduce)
-    alg._allgather_ring_segments(intra, x)
+    flat.reduce_scatter_ring_inplace(intra, x, reduce)
+    a, b = bounds(x.size, L)[(h.local + 1) % L]
+    flat.allreduce(op.sub(h.cross), x[a:b], reduce)
+    flat.allgather_ring_segments(intra, x)
 
 
-def _allreduce_2d_pipelined(op: alg.Op, x: np.ndarray, reduce: alg.Reducer, per: int) -> None:
+def _allreduce_2d_pipelined(op: Op, x: np.ndarray, reduce: Reducer, per: int) -> None:
     """The 2-D allreduce in pieces, with the network phase of piece k on a helper thread while
     this thread runs the shared-memory phases of pieces k - 1 and k + 1.
 
     The two threads talk to disjoint peers (local ones here, remote ones there), so their
     messages never mix; both wait on the same doorbell.
     """
-    h: Hier = op.comm.hier
+    h: Hier = op.plan.hier
     L = len(h.mine)
-    intra = sub(op, h.mine)
-    cross = sub(op, h.cross)
+    intra = op.sub(h.mine)
+    cross = op.sub(h.cross)
     # The helper has scratch of its own: the phases here reuse "piece" and friends meanwhile.
     cross.scratch = lambda key, nbytes: op.scratch("x-" + key, nbytes)  # type: ignore[misc]
-    pool = op.comm.pipeline_pool()
-    pieces = alg._pieces(0, x.size, per)
+    pool = op.plan.pipeline_pool()
+    parts = pieces(0, x.size, per)
 
     def network(lo: int, hi: int) -> None:
-        a, b = alg._bounds(hi - lo, L)[(h.local + 1) % L]
-        alg.allreduce(cross, x[lo + a : lo + b], reduce)
+        a, b = bounds(hi - lo, L)[(h.local + 1) % L]
+        flat.allreduce(cross, x[lo + a : lo + b], reduce)
 
     submitted: list[Any] = []
     pending: Any = None
     try:
-        for k, (lo, hi) in enumerate(pieces + [(0, 0)]):
-            if k < len(pieces):
-                alg._reduce_scatter_ring_inplace(intra, x[lo:hi], reduce)
+        for k, (lo, hi) in enumerate(parts + [(0, 0)]):
+            if k < len(parts):
+                flat.reduce_scatter_ring_inplace(intra, x[lo:hi], reduce)
                 started = pool.submit(network, lo, hi)
                 submitted.append(started)
             if pending is not None:
                 fut, plo, phi = pending
                 fut.result()
-                alg._allgather_ring_segments(intra, x[plo:phi])
-            pending = (started, lo, hi) if k < len(pieces) else None
+                flat.allgather_ring_segments(intra, x[plo:phi])
+            pending = (started, lo, hi) if k < len(parts) else None
     except BaseException as e:
         # The helper must be done with x before this op returns: abort (its waits check the
         # flag and stop), then wait for every piece it was given.
@@ -198,16 +129,16 @@ def _allreduce_2d_pipelined(op: alg.Op, x: np.ndarray, reduce: alg.Reducer, per:
 # --- broadcast -----------------------------------------------------------------------------------
 
 
-def broadcast(op: alg.Op, x: np.ndarray, root: int) -> None:
-    h: Hier = op.comm.hier
+def broadcast(op: Op, x: np.ndarray, root: int) -> None:
+    h: Hier = op.plan.hier
     rh = h.host_of[root]
-    if x.nbytes > 4 * alg.SMALL_BYTES:
+    if x.nbytes > 4 * flat.SMALL_BYTES:
         # One pipelined chain, host after host starting at the root's: the network is crossed
         # once per host, everything else moves through shared memory.
         order = [root] + [r for r in h.hosts[rh] if r != root]
         for k in range(1, len(h.hosts)):
             order += h.hosts[(rh + k) % len(h.hosts)]
-        alg._broadcast_chain(op, x, order)
+        flat.broadcast_chain(op, x, order)
         return
     # Small: the root sends to its local ranks and to one leader per other host, which pass it on.
     heads = [root if g == rh else ranks[0] for g, ranks in enumerate(h.hosts)]
@@ -234,8 +165,8 @@ def _receiver(h: Hier, src: int, host: int) -> int:
     return dst_ranks[k % len(dst_ranks)]
 
 
-def allgather(op: alg.Op, x: np.ndarray, out: np.ndarray) -> None:
-    h: Hier = op.comm.hier
+def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
+    h: Hier = op.plan.hier
     r = op.rank
     out[r] = x
     locals_ = [p for p in h.mine if p != r]
@@ -267,9 +198,9 @@ def _partial_holder(h: Hier, row: int, host: int) -> int:
     return _receiver(h, row, host)
 
 
-def reduce_scatter(op: alg.Op, x: np.ndarray, out: np.ndarray, reduce: alg.Reducer) -> None:
+def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce: Reducer) -> None:
     """``x`` is (n, chunk); rank r's ``out`` receives the reduction of every rank's row r."""
-    h: Hier = op.comm.hier
+    h: Hier = op.plan.hier
     r, n = op.rank, op.n
     locals_ = [p for p in h.mine if p != r]
     mine_rows = [k for k in range(n) if _partial_holder(h, k, h.me) == r]

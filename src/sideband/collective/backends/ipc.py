@@ -21,13 +21,12 @@ import os
 import pickle
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sideband.collective.comm import KIND_IPC_ACK
+from sideband.collective.algorithms import objects
+from sideband.collective.backends.cuda import Gpu
+from sideband.collective.comm.framing import KIND_IPC_ACK, KIND_P2P
 from sideband.errors import CollectiveError, MismatchError
-
-if TYPE_CHECKING:
-    from sideband.collective.group import Group
 
 _META = struct.Struct("<Q64s")  # nbytes, event handle; torch's pickled description follows
 _MAX_MAPPINGS = 32
@@ -102,22 +101,19 @@ def _ensure_context(device: Any) -> None:
         _THREAD.device = idx
 
 
-def _state(g: Group, t: Any) -> IpcState:
-    from sideband.collective import cuda
-
+def _state(gpu: Gpu, t: Any) -> IpcState:
     _ensure_context(t.device)
-    st = cuda.state(g)
-    if st.ipc is None:
-        st.ipc = IpcState(t.device)
-    return st.ipc
+    if gpu.ipc is None:
+        gpu.ipc = IpcState(t.device)
+    return gpu.ipc
 
 
-def _export(g: Group, t: Any, stream: Any) -> bytes:
+def _export(gpu: Gpu, t: Any, stream: Any) -> bytes:
     """Meta for ``t`` (contiguous), after recording the event on ``stream``."""
     import torch
     from torch.multiprocessing.reductions import reduce_tensor
 
-    st = _state(g, t)
+    st = _state(gpu, t)
     st.event.record(stream)
     with torch.cuda.stream(stream):
         _, args = reduce_tensor(t)
@@ -125,7 +121,7 @@ def _export(g: Group, t: Any, stream: Any) -> bytes:
     return _META.pack(nbytes, st.event_handle) + pickle.dumps(args)
 
 
-def _import_into(g: Group, comm: Any, meta: bytes, dst: Any, stream: Any, src_rank: int) -> None:
+def _import_into(gpu: Gpu, comm: Any, meta: bytes, dst: Any, stream: Any, src_rank: int) -> None:
     """Copy the peer's tensor described by ``meta`` into ``dst`` (contiguous) on ``stream``,
     and wait for the copy while watching the op."""
     import torch
@@ -138,7 +134,7 @@ def _import_into(g: Group, comm: Any, meta: bytes, dst: Any, stream: Any, src_ra
             f"{comm.describe()}: rank {src_rank} sent {nbytes} bytes but this rank expected "
             f"{want}: the ranks' buffers differ in size"
         )
-    st = _state(g, dst)
+    st = _state(gpu, dst)
     # Only a member of this authenticated group can have sent this description.
     args = pickle.loads(meta[_META.size :])
     try:
@@ -162,18 +158,16 @@ def _contig(t: Any, stream: Any) -> Any:
         return t.contiguous()
 
 
-# --- the ops (run inside Group._submit; ``o`` is the algorithms.Op) -----------------------------
+# --- the ops (run on the group's executor; ``o`` is the algorithms Op) ---------------------------
 
 
-def send_body(g: Group, t: Any, dst: int, tag: int, desc: int, stream: Any) -> Any:
-    from sideband.collective.comm import KIND_P2P
-
+def send_body(gpu: Gpu, t: Any, dst: int, tag: int, desc: int, stream: Any) -> Any:
     def body(o: Any) -> None:
         import torch
 
         with torch.cuda.device(t.device):
             src = _contig(t, stream)  # held until the ack: the receiver reads it
-            meta = _export(g, src, stream)
+            meta = _export(gpu, src, stream)
             o.comm.exchange([(dst, memoryview(meta))], [], KIND_P2P, tag, desc)
             (ack,) = o.comm.exchange([], [(dst, None)], KIND_IPC_ACK, tag, 0)
         if len(ack):
@@ -182,9 +176,7 @@ def send_body(g: Group, t: Any, dst: int, tag: int, desc: int, stream: Any) -> A
     return body
 
 
-def recv_body(g: Group, out: Any, t: Any, src: int, tag: int, desc: int, stream: Any) -> Any:
-    from sideband.collective.comm import KIND_P2P
-
+def recv_body(gpu: Gpu, out: Any, t: Any, src: int, tag: int, desc: int, stream: Any) -> Any:
     def body(o: Any) -> Any:
         import torch
 
@@ -196,7 +188,7 @@ def recv_body(g: Group, out: Any, t: Any, src: int, tag: int, desc: int, stream:
                 else torch.empty_like(t, memory_format=torch.contiguous_format)
             )
             try:
-                _import_into(g, o.comm, meta, flat, stream, src)
+                _import_into(gpu, o.comm, meta, flat, stream, src)
             except CollectiveError as e:
                 # Tell the sender, which waits for the ack, then fail here too.
                 o.comm.exchange(
@@ -213,31 +205,30 @@ def recv_body(g: Group, out: Any, t: Any, src: int, tag: int, desc: int, stream:
     return body
 
 
-def broadcast_body(g: Group, x: Any, t: Any, root: int, stream: Any) -> Any:
+def broadcast_body(gpu: Gpu, x: Any, t: Any, root: int, stream: Any) -> Any:
     """Every rank on one GPU: the root exports, the others copy from it, then ack."""
-    from sideband.collective import algorithms as alg
 
     def body(o: Any) -> Any:
         import torch
 
         with torch.cuda.device(t.device):
-            others = [p for p in range(g.world_size) if p != g.rank]
-            if g.rank == root:
+            others = [p for p in range(o.n) if p != o.rank]
+            if o.rank == root:
                 src = _contig(t, stream)
-                alg.broadcast_bytes(o, _export(g, src, stream), root)
+                objects.broadcast_bytes(o, _export(gpu, src, stream), root)
                 acks = o.comm.exchange([], [(p, None) for p in others], KIND_IPC_ACK, o.tag, 0)
                 bad = [f"rank {p}: {bytes(a).decode()}" for p, a in zip(others, acks) if len(a)]
                 if bad:
                     raise CollectiveError(f"{o.comm.describe()}: " + "; ".join(bad))
                 return x
-            meta = alg.broadcast_bytes(o, None, root)
+            meta = objects.broadcast_bytes(o, None, root)
             flat = (
                 t
                 if t.is_contiguous()
                 else torch.empty_like(t, memory_format=torch.contiguous_format)
             )
             try:
-                _import_into(g, o.comm, meta, flat, stream, root)
+                _import_into(gpu, o.comm, meta, flat, stream, root)
             except CollectiveError as e:
                 o.comm.exchange(
                     [(root, memoryview(str(e).encode()[:4000]))], [], KIND_IPC_ACK, o.tag, 0

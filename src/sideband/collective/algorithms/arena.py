@@ -11,36 +11,47 @@ descriptor: ranks that disagree raise MismatchError, rooted ops included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from sideband.collective.transports import shm
+from sideband.collective.comm.engine import Comm
+from sideband.collective.comm.framing import KIND_COLL
+from sideband.collective.comm.waiting import SLICE_S
 from sideband.errors import MismatchError
 
-if TYPE_CHECKING:
-    from sideband.collective.comm import Comm
+SLOT_BYTES = 8192  # payload of one slot: ops up to this size go through the arena
+_HDR = 64  # per slot: step @0, seq @4, desc @8, nbytes @16
+AREA = "arena"
+AREA_BYTES = 2 * (_HDR + SLOT_BYTES)  # two alternating slots per rank, in its shared segment
 
-SLOT_BYTES = shm.ARENA_SLOT_BYTES
-_SLICE_S = 0.1
+
+def _slot(area: memoryview, k: int) -> tuple[memoryview, memoryview]:
+    """(header words, payload bytes) of slot ``k % 2`` of a rank's arena area."""
+    off = (k % 2) * (_HDR + SLOT_BYTES)
+    return area[off : off + _HDR].cast("I"), area[off + _HDR : off + _HDR + SLOT_BYTES]
 
 
 class Arena:
     """The arena of one all-local group, as seen by one rank."""
 
-    def __init__(self, comm: Comm) -> None:
+    def __init__(self, comm: Comm, segments: list[Any]) -> None:
+        """``segments``: every rank's shared segment (this rank's own included), in rank order;
+        each has an :data:`AREA` of :data:`AREA_BYTES`, and a control block to ring."""
         self.comm = comm
         self.rank = comm.rank
         self.n = comm.world_size
-        segs = {self.rank: comm.own}
-        for p, ch in comm.channels.items():
-            segs[p] = ch.peer_seg  # type: ignore[attr-defined]
-        self.segs = [segs[p] for p in range(self.n)]
+        self.bells = [seg.control for seg in segments]
+        areas = [seg.area(AREA) for seg in segments]
         # Views made once: the hot path allocates nothing.
-        self.hdr = [[seg.arena_slot(k)[0] for k in (0, 1)] for seg in self.segs]
-        self.data = [[seg.arena_slot(k)[1] for k in (0, 1)] for seg in self.segs]
+        self.hdr = [[_slot(a, k)[0] for k in (0, 1)] for a in areas]
+        self.data = [[_slot(a, k)[1] for k in (0, 1)] for a in areas]
         self.k = 0
+        self._inside = False
         self._arrays: dict[tuple[int, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
+        # Every wait of a large op also looks here: a peer that took the arena for the same op
+        # passed a buffer of another size.
+        comm.live.hooks.append(self._check_other_call)
 
     def arrays(self, tag: int, desc: int, mine: memoryview, dtype: np.dtype) -> list[np.ndarray]:
         """:meth:`exchange`, with every rank's part viewed as a flat ``dtype`` array.
@@ -74,11 +85,30 @@ class Arena:
         h[3] = desc >> 32
         h[4] = n
         h[0] = step  # published last: a peer that sees the step sees the data
-        for p, seg in enumerate(self.segs):
+        for p, bell in enumerate(self.bells):
             if p != r:
-                seg.ring_doorbell()
+                bell.ring()
         pending = [p for p in range(self.n) if p != r]
-        bell = comm.own.doorbell
+        bell = comm.control.doorbell
+        self._inside = True
+        try:
+            self._wait_all(comm, tag, desc, step, slot, h, n, pending, bell)
+        finally:
+            self._inside = False
+        return [self.data[p][slot][: self.hdr[p][slot][4]] for p in range(self.n)]
+
+    def _wait_all(
+        self,
+        comm: Comm,
+        tag: int,
+        desc: int,
+        step: int,
+        slot: int,
+        h: memoryview,
+        n: int,
+        pending: list[int],
+        bell: memoryview,
+    ) -> None:
         while True:
             seen = bell[0]
             still = []
@@ -95,23 +125,33 @@ class Arena:
                     )
             pending = still
             if not pending:
-                break
+                return
             comm.waiting_for(pending)
-            comm.check(in_arena=True)
+            comm.check()
             self._check_straddle(tag, desc, pending)
-            comm.wait(seen, _SLICE_S)
-        return [self.data[p][slot][: self.hdr[p][slot][4]] for p in range(self.n)]
+            comm.wait(seen, SLICE_S)
 
     def _check_straddle(self, tag: int, desc: int, pending: list[int]) -> None:
         """A peer that sent this op's data through a ring, for another call, took the
         large-message path: its buffer differs in size."""
         for p in pending:
-            hdr = self.comm.channels[p].peek_header()  # type: ignore[attr-defined]
-            if hdr is not None and hdr[0] == 1 and hdr[1] == tag and hdr[3] != desc:  # KIND_COLL
+            hdr = self.comm.peek_header(p)
+            if hdr is not None and hdr[0] == KIND_COLL and hdr[1] == tag and hdr[3] != desc:
                 raise MismatchError(
                     f"{self.comm.describe()}: rank {p} passed a buffer of a different size for "
                     f"op #{tag} (it sent {hdr[2]} bytes through a ring; this rank's buffer is small)"
                 )
+
+    def _check_other_call(self) -> None:
+        live = self.comm.live
+        if self._inside or live.current_seq is None:
+            return
+        p = self.peer_in_other_call(live.current_seq & 0xFFFFFFFF, live.current_desc)
+        if p is not None:
+            raise MismatchError(
+                f"{live.describe()}: rank {p} passed a buffer of a different size for this op "
+                "(it took the small-message path, this rank the large one)"
+            )
 
     def peer_in_other_call(self, tag: int, desc: int) -> int | None:
         """A peer whose arena shows it in op ``tag`` with another descriptor: it took the

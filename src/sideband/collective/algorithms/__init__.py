@@ -1,0 +1,1 @@
+"""Collective algorithms, written once against ``comm``: flat, host-aware, zero-copy, arena."""

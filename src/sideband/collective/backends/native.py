@@ -1,0 +1,272 @@
+"""The native backend: sideband's own algorithms over shared memory and TCP.
+
+Handed validated buffers by the edge (``api/ops.py``), it builds each op's body and runs it on
+the group's ordered executor. Object ops (pickled through the guard) live here too, and serve
+the other backends as their control plane (agreeing on a GPU plan, sending a store address):
+they get this object, never the public ``Group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sideband import guard
+from sideband.collective.algorithms import dispatch, objects
+from sideband.collective.algorithms.context import Op, as_bytes
+from sideband.collective.comm.framing import KIND_P2P, OBJECT_DESC, descriptor
+from sideband.collective.runtime import reduce as red
+from sideband.collective.runtime.buffers import Buffer, PinnedPool
+from sideband.collective.runtime.executor import Executor
+from sideband.collective.types import ReduceOp
+
+
+class Native:
+    """One group's native backend on this rank."""
+
+    kind = "native"
+    nccl_fp8 = False
+
+    def __init__(self, ex: Executor, world_size: int, pinned: Callable[[], PinnedPool]) -> None:
+        self.ex = ex
+        self.rank = ex.rank
+        self.n = world_size
+        self._pinned = pinned  # the group's pinned pool (made on first CUDA op)
+
+    def _run(
+        self,
+        label: str,
+        desc: int,
+        body: Callable[[Op], Any],
+        bufs: tuple[Buffer | None, ...],
+        aop: bool,
+        timeout_s: float | None,
+        p2p: bool = False,
+    ) -> Any:
+        staged = [(f"stage{i}", b) for i, b in enumerate(bufs) if b is not None and b.stage]
+        if staged:
+            inner = body
+
+            def body(o: Op) -> Any:  # attach (and fill) pinned memory of staged CUDA buffers
+                pool = self._pinned()
+                for key, b in staged:
+                    b.stage(pool, key)
+                return inner(o)
+
+        return self.ex.submit(label, desc, body, aop, timeout_s, p2p)
+
+    # -- array ops (arguments validated by the edge) ---------------------------------------------
+    def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
+        f = red.reducer(rop, buf.dtype)
+        n = self.n
+
+        def body(o: Op) -> Any:
+            dispatch.allreduce(o, buf.arr, f)
+            red.finish_avg(rop, buf.arr, buf.dtype, n)
+            buf.finish()
+            return buf.obj
+
+        desc = descriptor("allreduce", buf.dtype, buf.nbytes, rop.name)
+        label = f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})"
+        return self._run(label, desc, body, (buf,), aop, t)
+
+    def reduce(self, buf: Buffer, dst: int, rop: ReduceOp, aop: bool, t: float | None) -> Any:
+        f = red.reducer(rop, buf.dtype)
+        me, n = self.rank, self.n
+
+        def body(o: Op) -> Any:
+            dispatch.reduce(o, buf.arr, dst, f)
+            if me == dst:
+                red.finish_avg(rop, buf.arr, buf.dtype, n)
+                buf.finish()
+            return buf.obj
+
+        desc = descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst)
+        label = f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})"
+        return self._run(label, desc, body, (buf,), aop, t)
+
+    def broadcast(self, buf: Buffer, src: int, aop: bool, t: float | None) -> Any:
+        def body(o: Op) -> Any:
+            dispatch.broadcast(o, buf.arr, src)
+            buf.finish()
+            return buf.obj
+
+        desc = descriptor("broadcast", buf.dtype, buf.nbytes, src)
+        label = f"broadcast({buf.dtype}{list(buf.shape)}, src={src})"
+        return self._run(label, desc, body, (buf,), aop, t)
+
+    def allgather(self, buf: Buffer, ob: Buffer, aop: bool, t: float | None) -> Any:
+        n = self.n
+
+        def body(o: Op) -> Any:
+            dispatch.allgather(o, buf.arr, ob.arr.reshape(n, -1))
+            ob.finish()
+            return ob.obj
+
+        desc = descriptor("allgather", buf.dtype, buf.nbytes)
+        return self._run(f"allgather({buf.dtype}{list(buf.shape)})", desc, body, (buf, ob), aop, t)
+
+    def gather(self, buf: Buffer, dst: int, ob: Buffer | None, aop: bool, t: float | None) -> Any:
+        n = self.n
+
+        def body(o: Op) -> Any:
+            dispatch.gather(o, buf.arr, dst, None if ob is None else ob.arr.reshape(n, -1))
+            if ob is None:
+                return None
+            ob.finish()
+            return ob.obj
+
+        desc = descriptor("gather", buf.dtype, buf.nbytes, dst)
+        label = f"gather({buf.dtype}{list(buf.shape)}, dst={dst})"
+        return self._run(label, desc, body, (buf, ob), aop, t)
+
+    def scatter(
+        self,
+        buf: Buffer | None,
+        row: tuple[int, ...] | None,
+        src: int,
+        make_out: Callable[[str, tuple[int, ...]], Buffer],
+        aop: bool,
+        t: float | None,
+    ) -> Any:
+        """The root passes ``buf`` and its ``row`` shape; ``make_out(dtype, row)`` validates or
+        makes this rank's output once the root has said what it sends (others may not know)."""
+        n = self.n
+        metas = guard.dumps((buf.dtype, row)) if buf is not None else None
+
+        def body(o: Op) -> Any:
+            dtype, row = guard.loads(objects.broadcast_bytes(o, metas, src))
+            ob = make_out(dtype, tuple(row))
+            pool = None
+            for key, b in (("stage0", buf), ("stage1", ob)):
+                if b is not None and b.stage is not None:
+                    pool = pool or self._pinned()
+                    b.stage(pool, key)
+            dispatch.scatter(o, None if buf is None else buf.arr.reshape(n, -1), src, ob.arr)
+            ob.finish()
+            return ob.obj
+
+        return self.ex.submit(f"scatter(src={src})", descriptor("scatter", src), body, aop, t)
+
+    def reduce_scatter(
+        self, buf: Buffer, rop: ReduceOp, ob: Buffer, aop: bool, t: float | None
+    ) -> Any:
+        f = red.reducer(rop, buf.dtype)
+        n = self.n
+
+        def body(o: Op) -> Any:
+            dispatch.reduce_scatter(o, buf.arr.reshape(n, -1), ob.arr, f)
+            red.finish_avg(rop, ob.arr, ob.dtype, n)
+            ob.finish()
+            return ob.obj
+
+        desc = descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name)
+        label = f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})"
+        return self._run(label, desc, body, (buf, ob), aop, t)
+
+    def alltoall(self, buf: Buffer, ob: Buffer, aop: bool, t: float | None) -> Any:
+        n = self.n
+
+        def body(o: Op) -> Any:
+            dispatch.alltoall(o, buf.arr.reshape(n, -1), ob.arr.reshape(n, -1))
+            ob.finish()
+            return ob.obj
+
+        desc = descriptor("alltoall", buf.dtype, buf.nbytes)
+        return self._run(f"alltoall({buf.dtype}{list(buf.shape)})", desc, body, (buf, ob), aop, t)
+
+    def barrier(self, aop: bool, t: float | None) -> Any:
+        return self.ex.submit("barrier()", descriptor("barrier"), dispatch.barrier, aop, t)
+
+    def send(self, buf: Buffer, dst: int, tag: int, aop: bool, t: float | None) -> Any:
+        desc = descriptor("p2p", buf.dtype)
+
+        def body(o: Op) -> None:
+            o.comm.exchange([(dst, as_bytes(buf.arr))], [], KIND_P2P, tag, desc)
+
+        label = f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})"
+        return self._run(label, 0, body, (buf,), aop, t, p2p=True)
+
+    def recv(self, buf: Buffer, src: int, tag: int, aop: bool, t: float | None) -> Any:
+        desc = descriptor("p2p", buf.dtype)
+
+        def body(o: Op) -> Any:
+            o.comm.exchange([], [(src, as_bytes(buf.arr))], KIND_P2P, tag, desc)
+            buf.finish()
+            return buf.obj
+
+        label = f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})"
+        return self._run(label, 0, body, (buf,), aop, t, p2p=True)
+
+    # -- objects: pickled (refusing ObjectRefs) before anything is sent, so a bad object leaves
+    # the group usable; unpickled only after the op, from authenticated members -------------------
+    def broadcast_object(
+        self, obj: Any, src: int, aop: bool = False, t: float | None = None
+    ) -> Any:
+        me = self.rank
+        data = guard.dumps(obj, where=f"broadcast_object on rank {me}") if me == src else None
+
+        def body(o: Op) -> Any:
+            got = objects.broadcast_bytes(o, data, src)
+            return obj if me == src else guard.loads(got)
+
+        desc = descriptor("broadcast_object", src)
+        return self.ex.submit("broadcast_object", desc, body, aop, t)
+
+    def allgather_object(self, obj: Any, aop: bool = False, t: float | None = None) -> Any:
+        me = self.rank
+        data = guard.dumps(obj, where=f"allgather_object on rank {me}")
+
+        def body(o: Op) -> Any:
+            got = objects.allgather_bytes(o, data)
+            return [obj if p == me else guard.loads(d) for p, d in enumerate(got)]
+
+        return self.ex.submit("allgather_object", descriptor("allgather_object"), body, aop, t)
+
+    def gather_object(self, obj: Any, dst: int, aop: bool, t: float | None) -> Any:
+        me = self.rank
+        data = guard.dumps(obj, where=f"gather_object on rank {me}")
+
+        def body(o: Op) -> Any:
+            got = objects.gather_bytes(o, data, dst)
+            if got is None:
+                return None
+            return [obj if p == me else guard.loads(d) for p, d in enumerate(got)]
+
+        return self.ex.submit("gather_object", descriptor("gather_object", dst), body, aop, t)
+
+    def scatter_object(self, objs: Any, src: int, aop: bool, t: float | None) -> Any:
+        me = self.rank
+        parts = None
+        if me == src:
+            parts = [guard.dumps(x, where=f"scatter_object on rank {me}") for x in objs]
+
+        def body(o: Op) -> Any:
+            got = objects.scatter_bytes(o, parts, src)
+            return objs[src] if me == src else guard.loads(got)
+
+        return self.ex.submit("scatter_object", descriptor("scatter_object", src), body, aop, t)
+
+    def send_object(self, obj: Any, dst: int, tag: int, aop: bool, t: float | None) -> Any:
+        data = guard.dumps(obj, where=f"send_object from rank {self.rank} to rank {dst}")
+
+        def body(o: Op) -> None:
+            o.comm.exchange([(dst, memoryview(data))], [], KIND_P2P, tag, OBJECT_DESC)
+
+        return self.ex.submit(f"send_object(dst={dst}, tag={tag})", 0, body, aop, t, p2p=True)
+
+    def recv_object(self, src: int, tag: int, aop: bool, t: float | None) -> Any:
+        def body(o: Op) -> Any:
+            (data,) = o.comm.exchange([], [(src, None)], KIND_P2P, tag, OBJECT_DESC)
+            return guard.loads(data)
+
+        return self.ex.submit(f"recv_object(src={src}, tag={tag})", 0, body, aop, t, p2p=True)
+
+    def hello(self, peer: int, kind: int, data: bytes, t: float | None) -> bytes:
+        """Swap ``data`` with ``peer`` as a message of ``kind`` (a pairwise handshake)."""
+
+        def body(o: Op) -> bytes:
+            (got,) = o.comm.exchange([(peer, memoryview(data))], [(peer, None)], kind, 0, 0)
+            return bytes(got)
+
+        return self.ex.submit(f"hello with rank {peer}", 0, body, False, t, p2p=True)

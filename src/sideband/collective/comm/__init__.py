@@ -1,0 +1,1 @@
+"""Messages between the ranks of one group: framing, matching, waiting, liveness, by-reference."""

@@ -1,0 +1,166 @@
+"""Whether an op may go on: the group's abort flag, lost links, dead local peers, Ray's view of
+remote peers, the op's deadline, and any check the layers above hook in (the arena's).
+
+Every wait of ``comm/`` calls :meth:`Liveness.check` between naps, so no wait can hang.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sideband.collective.comm import framing
+from sideband.collective.transports.base import Channel
+from sideband.collective.transports.control import Control
+from sideband.errors import CollectiveTimeoutError, PeerLostError
+
+_PID_CHECK_S = 0.5
+# Remote peers' liveness comes from Ray (a GCS query), asked only while an op has been blocked
+# this long, and then at most this often: idle groups cost nothing, and a lost node is noticed
+# within seconds even when its TCP connections never see a FIN.
+_RAY_CHECK_AFTER_S = 1.0
+_RAY_CHECK_EVERY_S = 1.0
+
+
+class Liveness:
+    """The checks of one rank's comm, and what its errors say about where everyone is."""
+
+    def __init__(
+        self,
+        rank: int,
+        label: str,
+        channels: dict[int, Channel],
+        control: Control,
+        roster: list[dict[str, Any]],
+        local: list[int],
+    ) -> None:
+        self.rank = rank
+        self.label = label
+        self.channels = channels
+        self.control = control
+        self.roster = roster
+        self.local_pids = {p: roster[p]["pid"] for p in local if p != rank}
+        self.hooks: list[Callable[[], None]] = []  # extra checks of the layers above
+        # Sequence number (+1; 0 = none) of the collective each rank last entered, in the
+        # ranks' shared segments: lets a rank that timed out tell which peers never arrived.
+        self.entered: memoryview | None = None
+        self.peer_entered: dict[int, memoryview] = {}
+        self.current_op = ""
+        self.current_seq: int | None = None
+        self.current_desc = 0
+        self.started = 0.0
+        self.deadline = float("inf")
+        self.waiting_on: list[int] = []
+        self._next_pid_check = 0.0
+        self._next_ray_check = 0.0
+
+    def describe(self) -> str:
+        return f"rank {self.rank} of group {self.label!r}: {self.current_op}"
+
+    def who(self, peer: int) -> str:
+        e = self.roster[peer]
+        actor = f"actor {e['actor_id']}" if e.get("actor_id") else "a non-actor process"
+        return f"rank {peer} ({actor}, pid {e['pid']})"
+
+    def begin(self, label: str, seq: int | None, timeout_s: float, desc: int) -> None:
+        self.current_op = label
+        self.current_seq = seq
+        self.current_desc = desc
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        if seq is not None and self.entered is not None:
+            self.entered[0] = (seq + 1) & 0xFFFFFFFF
+
+    def end(self) -> None:
+        self.current_op = ""
+        self.current_seq = None
+        self.deadline = float("inf")
+
+    # -- checks --------------------------------------------------------------------------------
+    def raise_if_aborted(self) -> None:
+        reason = self.control.abort_reason()
+        if reason is not None:
+            cls, msg = framing.abort_error(reason)
+            doing = f" in {self.current_op}" if self.current_op else ""
+            raise cls(
+                f"group {self.label!r} was aborted ({msg}); rank {self.rank}{doing} cannot "
+                "continue. Destroy the group and create it again."
+            )
+
+    def check(self) -> None:
+        """Raise if the op must stop: abort, lost peer, a hook's finding, deadline."""
+        self.raise_if_aborted()
+        for hook in self.hooks:
+            hook()
+        now = time.monotonic()
+        for p, ch in self.channels.items():
+            why = ch.lost()
+            if why:
+                self.lost(p, why)
+        if now >= self._next_pid_check:
+            self._next_pid_check = now + _PID_CHECK_S
+            for peer, pid in self.local_pids.items():
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    self.lost(peer, "its process died")
+                except PermissionError:
+                    pass
+        if now - self.started > _RAY_CHECK_AFTER_S and now >= self._next_ray_check:
+            self._next_ray_check = now + _RAY_CHECK_EVERY_S
+            self._check_remote_actors()
+        if now > self.deadline:
+            late = self._not_arrived()
+            raise CollectiveTimeoutError(
+                f"{self.describe()}: timed out after {now - self.started:.1f} s waiting for "
+                f"{', '.join(self.who(p) for p in late) or 'other ranks'}. Check that every rank "
+                "calls the same operations in the same order, or pass a larger timeout_s."
+            )
+
+    def check_peers_now(self) -> None:
+        """:meth:`check`, with the local pid check and Ray's view of the remote peers this op
+        waits for done now rather than on their schedule (after a failure: was it a peer?)."""
+        self._next_pid_check = 0.0
+        self.check()
+        self._check_remote_actors()
+
+    def lost(self, peer: int, why: str) -> None:
+        raise PeerLostError(
+            f"{self.describe()}: lost {self.who(peer)}: {why}. Destroy the group and create it "
+            "again with live actors."
+        )
+
+    def _not_arrived(self) -> list[int]:
+        """Ranks that never entered this op (local peers, read from their segments), else the
+        peers this rank was still waiting for."""
+        if self.entered is not None:
+            mine = self.entered[0]
+            late = [
+                p
+                for p, theirs in self.peer_entered.items()
+                if 0 < ((mine - theirs[0]) & 0xFFFFFFFF) < 1 << 31
+            ]
+            if late:
+                return sorted(late)
+        return sorted(self.waiting_on)
+
+    def _check_remote_actors(self) -> None:
+        remote = [p for p in self.waiting_on if p not in self.local_pids]
+        ids = {p: self.roster[p].get("actor_id") for p in remote}
+        if not any(ids.values()):
+            return
+        try:
+            from ray._private import state
+        except ImportError:  # pragma: no cover - ray is a required dependency
+            return
+        for p, actor_id in ids.items():
+            if not actor_id:
+                continue
+            try:
+                info = state.actors(actor_id)
+            except Exception:
+                return  # Ray itself is unreachable: leave it to the deadline
+            if info and info.get("State") == "DEAD":
+                self.lost(p, "Ray reports its actor dead (the process or its node is gone)")

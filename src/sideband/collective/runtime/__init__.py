@@ -1,0 +1,1 @@
+"""The runtime under every backend: ordered execution, buffers, the reduction table."""

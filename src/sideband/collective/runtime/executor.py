@@ -1,0 +1,138 @@
+"""The ordered executor of one group: ops run in call order, under their deadline, and any
+failure once messages may have moved aborts the group on every rank.
+
+Blocking ops run on the caller's thread; ``async_op=True`` ops (and blocking ones queued behind
+them) run on the group's one worker thread, so order is call order either way. Scratch space is
+kept per group and reused: the hot path allocates nothing once buffers have grown to size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sideband.collective.algorithms.context import Op, Plan
+from sideband.collective.comm.engine import Comm
+from sideband.collective.runtime.work import Work
+from sideband.errors import (
+    CollectiveError,
+    GroupBrokenError,
+    GroupNotFoundError,
+    InvalidArgumentError,
+    PeerLostError,
+)
+
+
+class Executor:
+    """Runs one group's op bodies in order on this rank."""
+
+    def __init__(self, name: str, rank: int, timeout_s: float, comm: Comm, plan: Plan) -> None:
+        self.name = name
+        self.rank = rank
+        self.timeout_s = timeout_s
+        self.comm = comm
+        self.plan = plan
+        self.seq = 0
+        self.lock = threading.Lock()
+        self.destroyed = False
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._last: concurrent.futures.Future | None = None
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def scratch(self, key: str, nbytes: int) -> np.ndarray:
+        buf = self._scratch.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty((nbytes + 63) // 64 * 64, dtype=np.uint8)
+            self._scratch[key] = buf
+        return buf
+
+    def check_usable(self) -> None:
+        if self.destroyed:
+            raise GroupNotFoundError(
+                f"group {self.name!r} was destroyed on rank {self.rank}; create it again"
+            )
+        self.comm.raise_if_aborted()
+
+    def timeout(self, timeout_s: float | None) -> float:
+        """The deadline an op gets: the group's, or the call's own (> 0)."""
+        t = self.timeout_s if timeout_s is None else float(timeout_s)
+        if t <= 0:
+            raise InvalidArgumentError(f"timeout_s must be > 0, got {timeout_s}")
+        return t
+
+    def submit(
+        self,
+        label: str,
+        desc: int,
+        body: Callable[[Op], Any],
+        async_op: bool,
+        timeout_s: float | None,
+        p2p: bool = False,
+    ) -> Any:
+        """Run ``body`` as the next op (or queue it, returning a :class:`Work`)."""
+        self.check_usable()
+        timeout = self.timeout(timeout_s)
+        comm = self.comm
+
+        def run() -> Any:
+            with self.lock:
+                self.check_usable()
+                # Numbered in execution order, which is call order (async ops queue in order).
+                # Point-to-point ops involve two ranks only: they must not advance the number
+                # that every rank's collectives agree on.
+                seq = self.seq
+                if not p2p:
+                    self.seq += 1
+                comm.begin(label, None if p2p else seq, timeout, desc)
+                try:
+                    return body(Op(comm, seq & 0xFFFFFFFF, desc, self.scratch, self.plan))
+                except CollectiveError as e:
+                    # Whatever fails once messages may have moved leaves the streams out of
+                    # step: the group is broken on every rank (argument errors are raised
+                    # before this point and leave it usable).
+                    comm.abort(e)
+                    raise
+                except (ConnectionError, OSError) as e:
+                    err = PeerLostError(f"{comm.describe()}: {e}")
+                    comm.abort(err)
+                    raise err from e
+                except BaseException as e:
+                    comm.abort(e)
+                    raise
+                finally:
+                    comm.end()
+
+        if async_op or (self._last is not None and not self._last.done()):
+            if self._worker is None:
+                self._worker = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix=f"sideband-{self.name}"
+                )
+            fut = self._worker.submit(run)
+            self._last = fut
+            if async_op:
+                return Work(fut, f"{label} on rank {self.rank} of group {self.name!r}")
+            return fut.result()
+        return run()
+
+    def close(self, release: Callable[[bool], None]) -> None:
+        """Stop taking ops, then ``release(idle)`` the group's resources: ``idle`` under the op
+        lock when no op runs; otherwise after aborting the stuck op, which still holds the
+        transport (``idle`` False: release what does not belong to it)."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
+        if self.lock.acquire(timeout=5):
+            try:
+                release(True)
+            finally:
+                self.lock.release()
+        else:
+            # An op is stuck in a wait: abort it so it raises, and let the transport go.
+            self.comm.abort(GroupBrokenError("group destroyed while an op was running"))
+            release(False)
