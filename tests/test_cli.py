@@ -56,3 +56,53 @@ def test_collective_example_runs(ray_session):
     spec.loader.exec_module(module)
     results = module.main()
     assert len(results) == 4 and np.allclose(results, results[0])
+
+
+def test_version_and_doctor(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sideband {sideband.__version__}"
+    assert cli.main(["doctor", "--json", "--ranks", "64"]) in (0, 1)
+    import json
+
+    found = {f["check"]: f for f in json.loads(capsys.readouterr().out)}
+    assert {
+        "/dev/shm",
+        "cross-memory attach",
+        "memfd",
+        "SIDEBAND_PORT_RANGE",
+        "ray",
+        "cores",
+    } <= set(found)
+    assert found["cores"]["state"] == "warn" and "64 ranks" in found["cores"]["detail"]
+
+
+def test_doctor_names_a_bad_port_range(monkeypatch, capsys):
+    monkeypatch.setenv("SIDEBAND_PORT_RANGE", "9-1")
+    assert cli.main(["doctor"]) == 1
+    assert "SIDEBAND_PORT_RANGE" in capsys.readouterr().out
+
+
+def test_status_json(ray_session):
+    actors = [_Member.remote() for _ in range(2)]
+    h = sideband.create_group(actors, name="status-json")
+    try:
+        data = cli.status_data()
+        assert [g["state"] for g in data["groups"] if g["name"] == "status-json"] == ["ready"]
+    finally:
+        h.destroy()
+        for a in actors:
+            ray.kill(a)
+
+
+def test_bench_without_rich_names_the_extra(monkeypatch):
+    import sys
+
+    import pytest
+
+    monkeypatch.setitem(sys.modules, "rich", None)  # as if not installed
+    with pytest.raises(sideband.MissingExtraError, match=r"sideband\[bench\]"):
+        cli.main(["bench", "--smoke"])

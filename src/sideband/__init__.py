@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sideband import guard
+from sideband._version import __version__
 from sideband.collective.api.driver import GroupHandle, create_group, list_groups
 from sideband.collective.api.group import Group
 from sideband.collective.api.table import (
@@ -35,9 +36,8 @@ from sideband.errors import (
     SidebandError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "BackendUnavailableError",
     "CollectiveError",
     "CollectiveTimeoutError",

@@ -1,13 +1,15 @@
-"""The ``sideband`` command: ``demo``, ``status``, ``bench``."""
+"""The ``sideband`` command: ``demo``, ``status``, ``bench``, ``doctor``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import Any
 
 from sideband._table import render
+from sideband._version import __version__
 
 _BENCH_SUITES = {
     "collectives": "sideband.bench.collectives",
@@ -18,27 +20,59 @@ _BENCH_SUITES = {
 }
 
 
-def _status(_args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> int:
     import ray
 
     try:
-        ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError) as e:
-        print(f"no Ray cluster is running here ({e}); start one with `ray start --head`")
+        print(f"no Ray cluster at {args.address!r} ({e}); start one with `ray start --head`")
         return 1
     try:
-        print(status_text())
+        print(json.dumps(status_data(), indent=2) if args.json else status_text())
     finally:
         ray.shutdown()
     return 0
 
 
-def status_text() -> str:
-    """Groups, endpoints and gangs of the connected cluster, as text."""
+def _doctor(args: argparse.Namespace) -> int:
+    from sideband import doctor
+
+    found = doctor.run(args.ranks)
+    if args.json:
+        print(json.dumps(doctor.as_dicts(found), indent=2))
+    else:
+        rows = [[f.state, f.check, f.detail, f.advice] for f in found]
+        print(render(["", "check", "found", "what to do"], rows))
+    return 1 if any(f.state == "fail" for f in found) else 0
+
+
+_SECTIONS = (
+    ("endpoints", "sideband.endpoint.registry", "list_endpoints"),
+    ("gangs", "sideband.gang", "list_gangs"),
+)
+_COLUMNS = {
+    "endpoints": ["name", "class", "protocol", "url", "actor_id"],
+    "gangs": ["name", "state", "members"],
+}
+
+
+def status_data() -> dict[str, list[dict[str, Any]]]:
+    """Groups, endpoints and gangs of the connected cluster."""
     from sideband.collective.api.driver import list_groups
 
-    parts = []
-    groups = list_groups()
+    data: dict[str, list[dict[str, Any]]] = {"groups": list_groups()}
+    for title, module, fn in _SECTIONS:
+        try:
+            data[title] = getattr(importlib.import_module(module), fn)()
+        except ImportError:  # that part's extra is not installed: nothing of it can run
+            continue
+    return data
+
+
+def status_text() -> str:
+    """Groups, endpoints and gangs of the connected cluster, as text."""
+    data = status_data()
     rows: list[list[Any]] = [
         [
             g["name"],
@@ -47,26 +81,16 @@ def status_text() -> str:
             g["state"],
             " ".join(str(m["actor_id"])[:8] for m in g["members"]),
         ]
-        for g in groups
+        for g in data["groups"]
     ]
-    parts.append(
+    parts = [
         "groups\n"
         + (render(["name", "size", "backend", "state", "members"], rows) if rows else "  (none)")
-    )
-    for title, module, fn, cols in (
-        (
-            "endpoints",
-            "sideband.endpoint.registry",
-            "list_endpoints",
-            ["name", "class", "protocol", "url", "actor_id"],
-        ),
-        ("gangs", "sideband.gang", "list_gangs", ["name", "state", "members"]),
-    ):
-        try:
-            items = getattr(importlib.import_module(module), fn)()
-        except ImportError:
+    ]
+    for title, cols in _COLUMNS.items():
+        if title not in data:
             continue
-        rows = [[_cell(i.get(c)) for c in cols] for i in items]
+        rows = [[_cell(i.get(c)) for c in cols] for i in data[title]]
         parts.append(f"{title}\n" + (render(cols, rows) if rows else "  (none)"))
     return "\n\n".join(parts)
 
@@ -93,12 +117,19 @@ def _bench(rest: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sideband", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sideband {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="group actors on a local Ray, check every op, time it")
     p.add_argument("--actors", type=int, default=4)
     p.set_defaults(fn=_demo)
     p = sub.add_parser("status", help="list live groups, endpoints and gangs of the Ray cluster")
+    p.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(fn=_status)
+    p = sub.add_parser("doctor", help="check this machine for what makes sideband slow or broken")
+    p.add_argument("--ranks", type=int, default=None, help="ranks you plan per host")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(fn=_doctor)
     sub.add_parser(
         "bench",
         help="benchmarks: sideband bench [collectives|endpoints|gang|reliability|multinode] "

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from sideband._extras import require
 from sideband.bench import collectives as C
 from sideband.bench import json_header
 
@@ -261,6 +262,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Bring up the test bed, run the driver on host 0, print and save the results."""
+    require("rich", "bench", "sideband bench multinode")
     from rich.console import Console
 
     from sideband.testbed import Testbed

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable
 
+from sideband._extras import require
 from sideband.bench.collectives.config import IMPLS, MODES, OPS, TRANSPORTS, _csv, _parse_size
 from sideband.bench.collectives.mpich import _mpiexec, _run_mpich
 from sideband.bench.collectives.report import _print_tables, plot, write_json
@@ -65,6 +66,8 @@ def _select(
 def main(argv: list[str] | None = None) -> int:
     """Run the collectives benchmark; returns 0 when every implementation ran and checked out."""
     import ray
+
+    require("rich", "bench", "sideband bench")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

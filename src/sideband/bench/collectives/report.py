@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sideband._extras import require
 from sideband.bench import json_header
 from sideband.bench.collectives.config import _KIB, _MIB, IMPLS, OPS, SIZED_OPS, TRANSPORTS
 from sideband.bench.collectives.results import _BUS, Run, busbw
@@ -94,8 +95,7 @@ def _print_tables(run: Run, rats: list[dict[str, Any]], console: Any) -> None:
 
 def plot(records: list[dict[str, Any]], path: str) -> None:
     """Time vs size per implementation, log-log, one subplot per (op, world size)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "bench", "sideband bench --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -36,7 +36,7 @@ def gpu(g: Group) -> Gpu:
 
 def _backend(g: Group, buf: Buffer) -> Any:
     """The backend that runs a collective on ``buf``."""
-    if g._torch is None and not buf.cuda:
+    if g._torch is None and buf.stage is None:
         return g._native  # the common case, kept cheap: small ops take microseconds
     if buf.cuda:
         state = gpu(g)
@@ -64,7 +64,7 @@ def _no_nccl(g: Group, plan: Any) -> None:
 
 def _p2p_backend(g: Group, buf: Buffer, peer: int, timeout_s: float | None) -> Any:
     """The backend of a send/recv with ``peer``, or "ipc" (CUDA IPC, both on one GPU)."""
-    if g._torch is None and not buf.cuda:
+    if g._torch is None and buf.stage is None:
         return g._native
     if buf.cuda:
         if g._torch is not None and g._torch.kind == "nccl":
@@ -77,11 +77,11 @@ def _p2p_backend(g: Group, buf: Buffer, peer: int, timeout_s: float | None) -> A
     return g._torch if g._torch.kind == "gloo" else g._native
 
 
-def _reducing(g: Group, op: str, buf: Buffer, rop: Any) -> tuple[Any, Any]:
+def _reducing(g: Group, what: str, buf: Buffer, rop: Any) -> tuple[Any, Any]:
     """(backend, ReduceOp) of a reducing op, checked for what that backend can reduce."""
     rop = checks.reduce_op(rop)
     be = _backend(g, buf)
-    red.check(rop, buf.dtype, be.kind, checks.what(g, op), be.nccl_fp8)
+    red.check(rop, buf.dtype, be.kind, what, be.nccl_fp8)
     return be, rop
 
 
@@ -89,15 +89,17 @@ def _reducing(g: Group, op: str, buf: Buffer, rop: Any) -> tuple[Any, Any]:
 
 
 def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
-    buf = as_buffer(x, checks.what(g, "allreduce"), writable=True)
-    be, rop = _reducing(g, "allreduce", buf, op)
+    what = checks.what(g, "allreduce")
+    buf = as_buffer(x, what, writable=True)
+    be, rop = _reducing(g, what, buf, op)
     return be.allreduce(buf, rop, async_op, timeout_s)
 
 
 def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
     dst = checks.rank(g, dst, "dst", "reduce")
-    buf = as_buffer(x, checks.what(g, "reduce"), writable=g.rank == dst)
-    be, rop = _reducing(g, "reduce", buf, op)
+    what = checks.what(g, "reduce")
+    buf = as_buffer(x, what, writable=g.rank == dst)
+    be, rop = _reducing(g, what, buf, op)
     return be.reduce(buf, dst, rop, async_op, timeout_s)
 
 
@@ -163,8 +165,9 @@ def _template(g: Group, dtype: str) -> Buffer:
 def reduce_scatter(
     g: Group, x: Any, op: Any, out: Any, async_op: bool, timeout_s: float | None
 ) -> Any:
-    buf = as_buffer(x, checks.what(g, "reduce_scatter"), writable=False)
-    be, rop = _reducing(g, "reduce_scatter", buf, op)
+    what = checks.what(g, "reduce_scatter")
+    buf = as_buffer(x, what, writable=False)
+    be, rop = _reducing(g, what, buf, op)
     ob = checks.out(g, out, buf, checks.rows(g, buf, "reduce_scatter"), "reduce_scatter")
     return be.reduce_scatter(buf, rop, ob, async_op, timeout_s)
 

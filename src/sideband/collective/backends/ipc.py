@@ -176,30 +176,31 @@ def send_body(gpu: Gpu, t: Any, dst: int, tag: int, desc: int, stream: Any) -> A
     return body
 
 
+def _receive(gpu: Gpu, o: Any, meta: bytes, t: Any, stream: Any, src: int, tag: int) -> None:
+    """Copy what ``src`` described into ``t``, then ack; on failure tell ``src`` (which waits
+    for the ack) and fail here too."""
+    import torch
+
+    flat = t if t.is_contiguous() else torch.empty_like(t, memory_format=torch.contiguous_format)
+    try:
+        _import_into(gpu, o.comm, meta, flat, stream, src)
+    except CollectiveError as e:
+        o.comm.exchange([(src, memoryview(str(e).encode()[:4000]))], [], KIND_IPC_ACK, tag, 0)
+        raise
+    if flat is not t:
+        with torch.cuda.stream(stream):
+            t.copy_(flat)
+        stream.synchronize()
+    o.comm.exchange([(src, memoryview(b""))], [], KIND_IPC_ACK, tag, 0)
+
+
 def recv_body(gpu: Gpu, out: Any, t: Any, src: int, tag: int, desc: int, stream: Any) -> Any:
     def body(o: Any) -> Any:
         import torch
 
         with torch.cuda.device(t.device):
             (meta,) = o.comm.exchange([], [(src, None)], KIND_P2P, tag, desc)
-            flat = (
-                t
-                if t.is_contiguous()
-                else torch.empty_like(t, memory_format=torch.contiguous_format)
-            )
-            try:
-                _import_into(gpu, o.comm, meta, flat, stream, src)
-            except CollectiveError as e:
-                # Tell the sender, which waits for the ack, then fail here too.
-                o.comm.exchange(
-                    [(src, memoryview(str(e).encode()[:4000]))], [], KIND_IPC_ACK, tag, 0
-                )
-                raise
-            if flat is not t:
-                with torch.cuda.stream(stream):
-                    t.copy_(flat)
-                stream.synchronize()
-            o.comm.exchange([(src, memoryview(b""))], [], KIND_IPC_ACK, tag, 0)
+            _receive(gpu, o, meta, t, stream, src, tag)
         return out
 
     return body
@@ -222,23 +223,7 @@ def broadcast_body(gpu: Gpu, x: Any, t: Any, root: int, stream: Any) -> Any:
                     raise CollectiveError(f"{o.comm.describe()}: " + "; ".join(bad))
                 return x
             meta = objects.broadcast_bytes(o, None, root)
-            flat = (
-                t
-                if t.is_contiguous()
-                else torch.empty_like(t, memory_format=torch.contiguous_format)
-            )
-            try:
-                _import_into(gpu, o.comm, meta, flat, stream, root)
-            except CollectiveError as e:
-                o.comm.exchange(
-                    [(root, memoryview(str(e).encode()[:4000]))], [], KIND_IPC_ACK, o.tag, 0
-                )
-                raise
-            if flat is not t:
-                with torch.cuda.stream(stream):
-                    t.copy_(flat)
-                stream.synchronize()
-            o.comm.exchange([(root, memoryview(b""))], [], KIND_IPC_ACK, o.tag, 0)
+            _receive(gpu, o, meta, t, stream, root, o.tag)
             return x
 
     return body

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sideband import _net
+from sideband._extras import require
 from sideband.collective.backends.native import Native
 from sideband.collective.comm.engine import Comm
 from sideband.collective.transports import tcp
@@ -47,14 +48,8 @@ _GRAVEYARD: list[Any] = []
 
 
 def _torch() -> Any:
-    try:
-        import torch
-        import torch.distributed as dist
-    except ImportError as e:
-        raise MissingExtraError(
-            "the torch backends need torch; install sideband[torch] (pip install 'sideband[torch]')"
-        ) from e
-    return torch, dist
+    torch = require("torch", "torch", "the torch backends")
+    return torch, require("torch.distributed", "torch", "the torch backends")
 
 
 def available(kind: str) -> tuple[bool, str]:

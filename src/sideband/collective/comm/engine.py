@@ -213,17 +213,14 @@ class Comm:
         self.who = live.who
         self.raise_if_aborted = live.raise_if_aborted
         self.check_peers_now = live.check_peers_now
+        # The op bracket: its label for errors, its deadline, and (collectives) that this rank
+        # has entered op ``seq`` (see Liveness.begin / end).
+        self.begin = live.begin
+        self.end = live.end
         # Undone in reverse order by close() (segment, arena, helper threads of the layers above).
         self.closers: list[Callable[[], None]] = []
 
     # -- op bracket and failure ------------------------------------------------------------------
-    def begin(self, label: str, seq: int | None, timeout_s: float, desc: int = 0) -> None:
-        """Note the start of an op: its label for errors, its deadline, and (collectives) that
-        this rank has entered op ``seq``."""
-        self.live.begin(label, seq, timeout_s, desc)
-
-    def end(self) -> None:
-        self.live.end()
 
     @property
     def deadline(self) -> float:

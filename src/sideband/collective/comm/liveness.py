@@ -64,7 +64,7 @@ class Liveness:
         actor = f"actor {e['actor_id']}" if e.get("actor_id") else "a non-actor process"
         return f"rank {peer} ({actor}, pid {e['pid']})"
 
-    def begin(self, label: str, seq: int | None, timeout_s: float, desc: int) -> None:
+    def begin(self, label: str, seq: int | None, timeout_s: float, desc: int = 0) -> None:
         self.current_op = label
         self.current_seq = seq
         self.current_desc = desc

@@ -23,7 +23,8 @@ TORCH_ONLY = {
 }
 FP8 = tuple(k for k in TORCH_ONLY if k.startswith("float8"))
 
-_NAMES: dict[np.dtype, str] = {}
+# numpy dtype -> name: dtype.name is slow enough to show in small ops (read by buffers too).
+DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
 def is_torch(x: Any) -> bool:
@@ -66,9 +67,9 @@ def dtype_name(x: Any) -> str:
     """sideband's name of ``x``'s dtype: numpy's, or torch's for the dtypes numpy lacks."""
     dt = x.dtype
     if isinstance(dt, np.dtype):
-        name = _NAMES.get(dt)  # dtype.name is slow enough to show in small ops
+        name = DTYPE_NAMES.get(dt)
         if name is None:
-            name = _NAMES[dt] = dt.name
+            name = DTYPE_NAMES[dt] = dt.name
         return name
     if is_torch(x):
         return str(dt).replace("torch.", "")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sideband.collective.runtime.arrays import (
+    DTYPE_NAMES,
     TORCH_ONLY,
     as_torch,
     dtype_name,
@@ -100,7 +101,7 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
     """
     if isinstance(x, np.ndarray):
         base = x
-        dtype = dtype_name(x)
+        dtype = DTYPE_NAMES.get(x.dtype) or dtype_name(x)
         if x.dtype.kind not in _KINDS:
             raise InvalidArgumentError(
                 f"{what}: dtype {x.dtype} is not supported; use bool, an integer or a float dtype "

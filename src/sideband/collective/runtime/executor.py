@@ -75,7 +75,7 @@ class Executor:
     ) -> Any:
         """Run ``body`` as the next op (or queue it, returning a :class:`Work`)."""
         self.check_usable()
-        timeout = self.timeout(timeout_s)
+        timeout = self.timeout_s if timeout_s is None else self.timeout(timeout_s)
         comm = self.comm
 
         def run() -> Any:
