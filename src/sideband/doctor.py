@@ -7,7 +7,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sideband.collective.transports import futex, shm, tcp
+from sideband._net import port_range
+from sideband.collective.transports import futex, shm
 from sideband.errors import InvalidArgumentError
 
 _SHM_WANT = 1 << 30  # large groups keep a few rings of 4 MiB per local peer, plus Group.empty
@@ -87,7 +88,7 @@ def _futex() -> Finding:
 
 def _ports() -> Finding:
     try:
-        rng = tcp.port_range()
+        rng = port_range()
     except InvalidArgumentError as e:
         return Finding("SIDEBAND_PORT_RANGE", "fail", str(e), "fix the variable")
     if rng is None:

@@ -39,3 +39,20 @@ def wait_pids_gone(pids: list[int], bound_s: float = 20.0) -> list[int]:
 def env_snapshot() -> dict[str, str]:
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK")
     return {k: os.environ[k] for k in keys + ("MASTER_ADDR", "MASTER_PORT")}
+
+
+def load_example(name: str):  # type: ignore[no-untyped-def]
+    """Import examples/<name>.py; its functions are shipped to members by value."""
+    import importlib.util
+    from pathlib import Path
+
+    from ray import cloudpickle
+
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)  # members cannot import examples/
+    return module

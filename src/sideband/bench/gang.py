@@ -1,24 +1,38 @@
-"""Benchmark: time from ``Gang(n, setup="torch")`` to the first completed allreduce, next to Ray
-Train's ``TorchTrainer`` doing the same (``sideband bench gang``).
+"""Benchmark: gangs against their anchors, one row each (``sideband bench gang``).
 
-Both sides run the same worker function: one gloo allreduce, then a wall-clock stamp, then a MAX
-allreduce of the stamps so the reported time is when the *last* rank finished the first allreduce.
-The time is measured from the driver's wall clock just before the gang/trainer is constructed.
-Every sample starts fresh worker processes (each imports torch); runs alternate between the two
-so background load hits both alike. Ray Train needs ``pip install 'ray[train]'``.
+* torch: ``Gang(n, setup="torch")`` to the first completed allreduce, vs Ray Train's
+  ``TorchTrainer`` (both import torch in fresh workers; the time is when the *last* rank finished).
+* spark: ``Gang(n, setup="spark")`` -> SparkSession -> ``spark.range(10_000_000)`` summed, and the
+  shutdown, vs ``raydp.init_spark`` with the same executors (RayDP pins pyspark<=3.5.7: it runs in
+  its own virtualenv, ``--raydp-python`` or SIDEBAND_RAYDP_PYTHON, with its own local Ray).
+* xgboost: ``Gang(n, setup="xgboost")`` training 100 rounds on 200k x 20 synthetic rows, to the
+  trained model, vs Ray Train's ``XGBoostTrainer`` with the same worker function.
+* dask: ``Gang(n, setup="dask")`` to a Client with n workers, vs ``distributed.LocalCluster(n)``
+  outside Ray (the floor).
+
+Times start on the driver just before construction; every sample starts fresh processes; the two
+sides of a row alternate so background load hits both alike. Ray Train needs 'ray[train]'.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+ROWS = ("torch", "spark", "xgboost", "dask")
+XGB_ROWS, XGB_FEATURES, XGB_ROUNDS = 200_000, 20, 100
+XGB_PARAMS = {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "nthread": 1}
 
+
+# --- torch -------------------------------------------------------------------------------------
 def _first_allreduce() -> float:
     """On every worker: one allreduce, then the latest finish time over all ranks."""
     import torch
@@ -32,48 +46,185 @@ def _first_allreduce() -> float:
     return float(stamp.item())
 
 
-def run_sideband(workers: int, cpus: float) -> float:
+def torch_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
     from sideband.gang import Gang
 
     t0 = time.time()
-    gang = Gang(workers, resources_per_worker={"CPU": cpus}, setup="torch")
+    gang = Gang(n, resources_per_worker={"CPU": cpus}, setup="torch")
     try:
         done = gang.run(_first_allreduce)[0]
     finally:
         gang.shutdown()
-    return done - t0
+    return {"s": done - t0}
 
 
-def run_ray_train(workers: int, cpus: float, storage: str) -> float:
-    import ray.train
+def _ray_train_fit(trainer_cls: Any, loop: Any, n: int, cpus: float, storage: str) -> float:
     from ray.train import RunConfig, ScalingConfig
+
+    out = f"{storage}/done-{time.time_ns()}"
+    t0 = time.time()
+    trainer_cls(
+        loop,
+        train_loop_config={"out": out},
+        scaling_config=ScalingConfig(num_workers=n, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(storage_path=storage, name=f"bench-{time.time_ns()}"),
+    ).fit()
+    with open(out) as f:  # Ray Train v2 keeps no metrics without a checkpoint: a file it is
+        return float(f.read()) - t0
+
+
+def torch_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
+    import ray.train
     from ray.train.torch import TorchTrainer
 
     def loop(config: dict[str, Any]) -> None:
         done = _first_allreduce()
         if ray.train.get_context().get_world_rank() == 0:
-            # Ray Train v2 keeps no metrics reported without a checkpoint: hand it back by file.
             with open(config["out"], "w") as f:
                 f.write(repr(done))
 
-    out = f"{storage}/done-{time.time_ns()}"
+    return {"s": _ray_train_fit(TorchTrainer, loop, n, cpus, storage)}
+
+
+# --- spark -------------------------------------------------------------------------------------
+_RAYDP = """
+import json, sys, time
+import ray, raydp
+n, cpus = int(sys.argv[1]), float(sys.argv[2])
+ray.init(num_cpus=int(n * cpus) + 2, include_dashboard=False, log_to_driver=False)
+t0 = time.time()
+spark = raydp.init_spark("bench", num_executors=n, executor_cores=1, executor_memory="1GB")
+assert spark.range(10_000_000).selectExpr("sum(id)").collect()[0][0] == 49999995000000
+t1 = time.time()
+raydp.stop_spark()
+print("RESULT", json.dumps({"s": t1 - t0, "shutdown_s": time.time() - t1}), flush=True)
+"""
+
+
+def spark_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
+    from sideband.gang import Gang
+    from sideband.gang import spark as gang_spark
+
     t0 = time.time()
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={"out": out},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(storage_path=storage, name=f"bench-{time.time_ns()}"),
-    )
-    trainer.fit()
-    with open(out) as f:
-        return float(f.read()) - t0
-
-
-def _ray_train_available() -> str | None:
+    gang = Gang(n, resources_per_worker={"CPU": cpus}, setup="spark")
     try:
-        import ray.train.torch  # noqa: F401
+        spark = gang_spark.session(gang)
+        assert spark.range(10_000_000).selectExpr("sum(id)").collect()[0][0] == 49999995000000
+        t1 = time.time()
+    finally:
+        t_stop = time.time()
+        gang.shutdown()
+    return {"s": t1 - t0, "shutdown_s": time.time() - t_stop}
+
+
+def spark_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
+    python = os.environ.get("SIDEBAND_RAYDP_PYTHON", "")
+    proc = subprocess.run(
+        [python, "-c", _RAYDP, str(n), str(cpus)], capture_output=True, text=True, timeout=900
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"RayDP run failed ({proc.returncode}): {proc.stderr[-1500:]}")
+
+
+# --- xgboost -----------------------------------------------------------------------------------
+def _xgb_shard(rank: int, world: int) -> Any:
+    import numpy as np
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(XGB_ROWS, XGB_FEATURES)).astype(np.float32)
+    y = x @ rng.normal(size=XGB_FEATURES).astype(np.float32)
+    return xgb.DMatrix(x[rank::world], label=y[rank::world])
+
+
+def _xgb_train(rank: int, world: int) -> float:
+    import xgboost as xgb
+
+    xgb.train(XGB_PARAMS, _xgb_shard(rank, world), num_boost_round=XGB_ROUNDS)
+    return time.time()
+
+
+def xgboost_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
+    from sideband.gang import Gang, context
+
+    def train() -> float:
+        return _xgb_train(context().rank, context().world_size)
+
+    t0 = time.time()
+    with Gang(n, resources_per_worker={"CPU": cpus}, setup="xgboost") as gang:
+        done = max(gang.run(train))
+    return {"s": done - t0}
+
+
+def xgboost_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
+    import ray.train
+    from ray.train.xgboost import XGBoostTrainer
+
+    def loop(config: dict[str, Any]) -> None:
+        ctx = ray.train.get_context()
+        done = _xgb_train(ctx.get_world_rank(), ctx.get_world_size())
+        if ctx.get_world_rank() == 0:
+            with open(config["out"], "w") as f:
+                f.write(repr(done))
+
+    return {"s": _ray_train_fit(XGBoostTrainer, loop, n, cpus, storage)}
+
+
+# --- dask --------------------------------------------------------------------------------------
+def dask_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
+    from sideband.gang import Gang
+
+    t0 = time.time()
+    with Gang(n, resources_per_worker={"CPU": cpus}, setup="dask") as gang:
+        assert gang.client.submit(sum, [1, 2]).result() == 3
+        t1 = time.time()
+    return {"s": t1 - t0}
+
+
+def dask_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
+    from distributed import Client, LocalCluster
+
+    t0 = time.time()
+    with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.wait_for_workers(n)
+            assert client.submit(sum, [1, 2]).result() == 3
+            t1 = time.time()
+    return {"s": t1 - t0}
+
+
+# --- the table ---------------------------------------------------------------------------------
+Runner = Callable[[int, float, str], dict[str, float]]
+SIDES: dict[str, tuple[tuple[str, Runner], tuple[str, Runner]]] = {
+    "torch": (("sideband Gang torch", torch_sideband), ("Ray Train TorchTrainer", torch_anchor)),
+    "spark": (("sideband Gang spark", spark_sideband), ("RayDP init_spark", spark_anchor)),
+    "xgboost": (
+        ("sideband Gang xgboost", xgboost_sideband),
+        ("Ray Train XGBoostTrainer", xgboost_anchor),
+    ),
+    "dask": (("sideband Gang dask", dask_sideband), ("LocalCluster (no Ray)", dask_anchor)),
+}
+WHAT = {
+    "torch": "construction -> first completed allreduce (gloo)",
+    "spark": "construction -> spark.range(10M) summed; shutdown separately",
+    "xgboost": f"construction -> {XGB_ROUNDS} rounds on {XGB_ROWS // 1000}k x {XGB_FEATURES} trained",
+    "dask": "construction -> client with all workers answers",
+}
+
+
+def _missing(row: str) -> str | None:
+    """Why a row's anchor cannot run here, or None."""
+    try:
+        if row in ("torch", "xgboost"):
+            import ray.train  # noqa: F401
+        if row == "spark" and not os.environ.get("SIDEBAND_RAYDP_PYTHON"):
+            return "no RayDP virtualenv: --raydp-python PATH (raydp 1.6.5, pyspark 3.5.7)"
+        if row == "dask":
+            import distributed  # noqa: F401
     except ImportError as e:
-        return f"{e} (pip install 'ray[train]')"
+        return f"{e}"
     return None
 
 
@@ -83,9 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3, help="samples per side")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--skip-ray-train", action="store_true")
+    p.add_argument("--rows", default="torch", help=f"comma-separated, of {','.join(ROWS)}; or all")
+    p.add_argument("--raydp-python", help="python of a virtualenv with raydp (spark row)")
+    p.add_argument("--skip-anchors", "--skip-ray-train", action="store_true")
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
     args = p.parse_args(argv)
+    rows = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
+    if args.raydp_python:
+        os.environ["SIDEBAND_RAYDP_PYTHON"] = args.raydp_python
 
     import ray
 
@@ -94,39 +250,58 @@ def main(argv: list[str] | None = None) -> int:
         # Logical CPUs for every worker plus Ray Train's controller, whatever the core count.
         ray.init(num_cpus=int(args.workers * args.cpus_per_worker) + 2, include_dashboard=False)
         started = True
-    skip_reason = "--skip-ray-train" if args.skip_ray_train else _ray_train_available()
-    samples: dict[str, list[float]] = {"sideband Gang": []}
-    runners: dict[str, Callable[[], float]] = {
-        "sideband Gang": lambda: run_sideband(args.workers, args.cpus_per_worker)
-    }
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {}
+    skipped: dict[str, str] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="sideband-bench-gang-") as storage:
-            if skip_reason is None:
-                samples["Ray Train TorchTrainer"] = []
-                runners["Ray Train TorchTrainer"] = lambda: run_ray_train(
-                    args.workers, args.cpus_per_worker, storage
-                )
-            for _ in range(args.repeats):
-                for name, fn in runners.items():
-                    samples[name].append(fn())
+            for row in rows:
+                ours, anchor = SIDES[row]
+                sides = [ours]
+                reason = "--skip-anchors" if args.skip_anchors else _missing(row)
+                if reason is None:
+                    sides.append(anchor)
+                else:
+                    skipped[row] = f"{anchor[0]} skipped: {reason}"
+                samples[row] = {name: [] for name, _ in sides}
+                for _ in range(args.repeats):
+                    for name, fn in sides:
+                        samples[row][name].append(fn(args.workers, args.cpus_per_worker, storage))
     finally:
         if started:
             ray.shutdown()
 
     if args.json:
-        print(json.dumps({"workers": args.workers, "samples_s": samples}, indent=2))
+        print(json.dumps({"workers": args.workers, "samples": samples, "skipped": skipped}))
         return 0
-    print(f"time from construction to the first completed allreduce, {args.workers} workers (gloo)")
-    print(f"{'':26}{'median':>9}{'min':>9}{'max':>9}  samples (s)")
-    for name, xs in samples.items():
-        print(
-            f"{name:26}{statistics.median(xs):9.2f}{min(xs):9.2f}{max(xs):9.2f}  "
-            + " ".join(f"{x:.2f}" for x in xs)
-        )
-    if skip_reason is not None:
-        print(f"Ray Train skipped: {skip_reason}")
+    _print(samples, skipped, args.workers)
     return 0
 
 
+def _print(samples: dict[str, Any], skipped: dict[str, str], workers: int) -> None:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{workers} workers; seconds; machine load (1-min) at the end {load:.1f}")
+    for row, sides in samples.items():
+        print(f"\n{row}: {WHAT[row]}")
+        print(f"{'':28}{'median':>8}{'min':>8}{'max':>8}  samples")
+        medians = []
+        for name, xs in sides.items():
+            for key in ("s", "shutdown_s"):
+                vals = [x[key] for x in xs if key in x]
+                if not vals:
+                    continue
+                label = name if key == "s" else f"  {name} shutdown"
+                med = statistics.median(vals)
+                if key == "s":
+                    medians.append(med)
+                print(
+                    f"{label:28}{med:8.2f}{min(vals):8.2f}{max(vals):8.2f}  "
+                    + " ".join(f"{v:.2f}" for v in vals)
+                )
+        if len(medians) == 2:
+            print(f"{'ratio sideband / anchor':28}{medians[0] / medians[1]:8.2f}")
+        if row in skipped:
+            print(skipped[row])
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -9,20 +9,33 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
 from sideband.errors import GangMemberError
 from sideband.gang import contract as _context
 from sideband.gang.contract import GangContext
 from sideband.gang.setup import Setup
 
+#: The concurrency group of :meth:`GangMember.watch`, so it waits beside ``run``.
+WATCH_GROUP = "sideband_watch"
+
 
 class GangMember:
-    """One member of a gang (wrapped with ``ray.remote`` by the gang)."""
+    """One member of a gang (wrapped with ``ray.remote`` by the gang).
 
-    def __init__(self) -> None:
+    ``label`` (``<gang>-rank<r>``) is its ``repr``, which Ray uses in log prefixes.
+    """
+
+    def __init__(self, label: str = "") -> None:
+        self._label = label
         self._socket: socket.socket | None = None
         self._ctx: GangContext | None = None
         self._setup: Setup | None = None
         self._node_ip = ""
+        self._stopped = threading.Event()
+
+    def __repr__(self) -> str:
+        return self._label or "GangMember"
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -49,9 +62,11 @@ class GangMember:
         """
         if self._socket is not None:
             self._socket.close()
+        from sideband.gang.ports import bind_in_range
+
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
+        bind_in_range(sock, host)  # SIDEBAND_PORT_RANGE holds for the library's port too
         if listen:
             sock.listen(128)
         self._socket = sock
@@ -65,10 +80,28 @@ class GangMember:
         try:
             _context._install(ctx)
             self._setup = setup_cls()
-            self._setup.setup(ctx, sock, options)
+            result = self._setup.setup(ctx, sock, options)
         except BaseException as e:
             raise self._error("setup", e) from None
-        return {"rank": ctx.rank, "pid": os.getpid()}
+        return {"rank": ctx.rank, "pid": os.getpid(), "result": result}
+
+    @ray.method(concurrency_group=WATCH_GROUP)
+    def watch(self) -> None:
+        """Returns when the gang tears down; raises when the library fails on its own (e.g. a
+        JVM this member started exited). Runs in its own concurrency group, beside ``run``."""
+        setup, ctx = self._setup, self._ctx
+        if setup is None or ctx is None:
+            return
+        try:
+            reason = setup.watch(ctx, self._stopped)
+        except BaseException as e:
+            raise self._error("watch", e) from None
+        if reason and not self._stopped.is_set():
+            raise GangMemberError(
+                f"rank {ctx.rank} (node {self._node_ip}, pid {os.getpid()}): {reason}",
+                rank=ctx.rank,
+                node=self._node_ip,
+            )
 
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         assert self._ctx is not None and self._setup is not None
@@ -84,6 +117,7 @@ class GangMember:
             return True
         setup, ctx = self._setup, self._ctx
         self._setup = None
+        self._stopped.set()
         done = threading.Event()
 
         def _teardown() -> None:

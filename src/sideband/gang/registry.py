@@ -18,6 +18,15 @@ def publish(entry: dict[str, Any]) -> None:
     _kv.put(PREFIX + entry["name"], entry)
 
 
+def member_entries(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the registry keeps of each member, in rank order."""
+    keys = ("actor_id", "node_ip", "node_id", "pid", "name")
+    return [
+        {"rank": r, **{("node" if k == "node_ip" else k): info.get(k) for k in keys}}
+        for r, info in enumerate(infos)
+    ]
+
+
 def remove(name: str) -> None:
     _kv.delete(PREFIX + name)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import errno
 import importlib
 import socket
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from sideband.errors import GangSetupError, MissingExtraError
@@ -31,6 +32,10 @@ class GangPlan:
     #: number of members on each node, in node-rank order (ranks are contiguous per node).
     node_sizes: tuple[int, ...]
     timeout_s: float
+    #: each member's placement-group bundle (CPU, GPU, memory...): what a library sizes by.
+    bundle: dict[str, float] = field(default_factory=dict)
+    #: the gang's ``setup_options`` (they also reach every member, merged over prepare's).
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def single_node(self) -> bool:
@@ -51,14 +56,29 @@ class Setup:
         """Runs on the driver before members set up; returns options sent to every member."""
         return {}
 
+    def ready(self, results: list[Any]) -> None:
+        """Runs on the driver once every member set up; ``results`` are what each member's
+        :meth:`setup` returned, in rank order (e.g. to connect a driver-side client)."""
+
+    def client(self) -> Any:
+        """The driver-side handle of the library (a SparkSession, a Dask Client), or None."""
+        return None
+
+    def stop(self) -> None:
+        """Runs on the driver before the members tear down (close the driver-side client)."""
+
+    def failure_note(self) -> str | None:
+        """What the library reported to the driver about a failure (added to the GangError)."""
+        return None
+
     def release(self) -> None:
         """Runs on the driver after the members were torn down or killed."""
 
     # --- member side ---------------------------------------------------------------------------
     def setup(
         self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
-    ) -> None:
-        """Initialise the library in this member.
+    ) -> Any:
+        """Initialise the library in this member; what it returns reaches :meth:`ready`.
 
         ``master_socket`` is, on rank 0 only, a socket already bound to MASTER_PORT (listening if
         ``listen_master``): hand it to the library, or close it right before the library binds
@@ -70,6 +90,13 @@ class Setup:
     def before_run(self, ctx: GangContext) -> None:
         """Runs in every member before each ``fn``."""
 
+    def watch(self, ctx: GangContext, stopped: threading.Event) -> str | None:
+        """Block until the library fails on its own (return why) or ``stopped`` is set at
+        teardown (return None). Runs in its own thread of the member while the gang is up, so a
+        library process that dies between two ``run`` calls still fails the gang at once."""
+        stopped.wait()
+        return None
+
     def teardown(self, ctx: GangContext) -> None:
         """Undo :meth:`setup`; the gang bounds it with a timeout, then kills the member."""
 
@@ -79,6 +106,10 @@ _REGISTRY: dict[str, str | type[Setup]] = {
     "torch": "sideband.gang.torch:TorchSetup",
     "mpi": "sideband.gang.mpi:MPISetup",
     "jax": "sideband.gang.jax:JaxSetup",
+    "spark": "sideband.gang.spark:SparkSetup",
+    "xgboost": "sideband.gang.xgboost:XGBoostSetup",
+    "dask": "sideband.gang.dask:DaskSetup",
+    "horovod": "sideband.gang.horovod:HorovodSetup",
 }
 
 

@@ -27,7 +27,6 @@ from sideband import _net
 from sideband._extras import require
 from sideband.collective.backends.native import Native
 from sideband.collective.comm.engine import Comm
-from sideband.collective.transports import tcp
 from sideband.collective.types import ReduceOp
 from sideband.errors import (
     BackendUnavailableError,
@@ -121,7 +120,7 @@ class TorchBackend:
             host = _net.node_address()
             try:
                 sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-                tcp.bind_in_range(sock, host)  # SIDEBAND_PORT_RANGE applies to the store too
+                _net.bind_in_range(sock, host)  # SIDEBAND_PORT_RANGE applies to the store too
                 sock.listen(128)
                 port = sock.getsockname()[1]
                 try:

@@ -11,12 +11,10 @@ handles abort frames out of band. The frame format is comm's: the channel is han
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import hmac
 import logging
 import os
-import random
 import socket
 import struct
 import threading
@@ -25,8 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sideband._net import bind_in_range
 from sideband.collective.transports.base import Channel, FrameCodec
-from sideband.errors import InvalidArgumentError, RendezvousError
 
 log = logging.getLogger("sideband.tcp")
 
@@ -80,46 +78,6 @@ def _session_digest(session: str) -> bytes:
 
 def _mac(secret: bytes, *parts: bytes) -> bytes:
     return hmac.new(secret, b"|".join(parts), hashlib.sha256).digest()
-
-
-def port_range() -> tuple[int, int] | None:
-    """``SIDEBAND_PORT_RANGE=lo-hi``: the ports group listeners may bind (None: any)."""
-    spec = os.environ.get("SIDEBAND_PORT_RANGE", "").strip()
-    if not spec:
-        return None
-    try:
-        lo_s, hi_s = spec.split("-")
-        lo, hi = int(lo_s), int(hi_s)
-    except ValueError:
-        lo, hi = 0, -1
-    if not 1 <= lo <= hi <= 65535:
-        raise InvalidArgumentError(
-            f"SIDEBAND_PORT_RANGE={spec!r}: expected 'lo-hi' with 1 <= lo <= hi <= 65535, "
-            "e.g. 40000-40999"
-        )
-    return lo, hi
-
-
-def bind_in_range(sock: socket.socket, host: str) -> None:
-    """Bind ``sock`` to ``host`` on a port of SIDEBAND_PORT_RANGE (any free port if unset)."""
-    rng = port_range()
-    if rng is None:
-        sock.bind((host, 0))
-        return
-    ports = list(range(rng[0], rng[1] + 1))
-    # A random order: groups forming at once on one node do not all race for the first port.
-    random.shuffle(ports)
-    for port in ports:
-        try:
-            sock.bind((host, port))
-            return
-        except OSError as e:
-            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
-    raise RendezvousError(
-        f"every port of SIDEBAND_PORT_RANGE={rng[0]}-{rng[1]} on {host} is taken; widen the "
-        "range (a group needs one port per rank with remote peers, only while it forms)"
-    )
 
 
 class Listener:

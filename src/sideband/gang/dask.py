@@ -1,0 +1,183 @@
+"""Setup "dask": a ``distributed`` scheduler in rank 0, a worker in every member, a Client on
+the driver.
+
+Scheduler and workers run inside the member processes (on an event loop thread of their own), so
+a member's death takes its worker with it and nothing is left behind. A killed member is the
+gang's failure, not Dask's silent retry: the scheduler allows no task to survive a worker's death
+(``allowed-failures=0``: the task raises ``KilledWorker``), and the gang's watch stops the gang.
+By default every connection is mutual TLS with a certificate made for this gang
+(``distributed.Security.temporary()``): nothing that lacks it can submit work, which Dask would
+otherwise unpickle and run. ``setup_options={"tls": False}`` turns that off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import threading
+from typing import Any
+
+from sideband.gang.contract import GangContext
+from sideband.gang.ports import pick_port
+from sideband.gang.setup import GangPlan, Setup, require
+
+_CONFIG = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.worker.daemon": False,
+    "distributed.admin.tick.limit": "1h",  # a busy 2-core member is not an event-loop fault
+}
+
+
+class DaskSetup(Setup):
+    """One ``distributed`` cluster per gang; ``gang.client`` is a connected Client."""
+
+    name = "dask"
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[Any] = []
+        self._ended = threading.Event()
+        self._end_reason: str | None = None
+        self._client: Any = None
+        self._plan: GangPlan | None = None
+        self._security: Any = None
+
+    # --- driver side ---------------------------------------------------------------------------
+    def prepare(self, plan: GangPlan) -> dict[str, Any]:
+        require("distributed", "dask")
+        from distributed import Security
+
+        self._plan = plan
+        self._security = Security.temporary() if plan.options.get("tls", True) else None
+        return {
+            "security": self._security,
+            "protocol": "tls" if self._security is not None else "tcp",
+            "nthreads": max(1, math.floor(plan.bundle.get("CPU", 1.0))),
+            "memory_limit": int(plan.bundle.get("memory", 0)),
+            "timeout_s": plan.timeout_s,
+        }
+
+    def ready(self, results: list[Any]) -> None:
+        from distributed import Client
+
+        assert self._plan is not None
+        scheduler = results[0]["scheduler"]
+        self._client = Client(
+            scheduler, security=self._security, timeout=self._plan.timeout_s, set_as_default=False
+        )
+        self._client.wait_for_workers(self._plan.world_size, timeout=self._plan.timeout_s)
+
+    def client(self) -> Any:
+        return self._client
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close(timeout=5)
+
+    # --- member side ---------------------------------------------------------------------------
+    def setup(
+        self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
+    ) -> dict[str, str]:
+        dask = require("dask", "dask")
+        require("distributed", "dask")
+        dask.config.set(_CONFIG)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sideband-dask-loop", daemon=True
+        )
+        self._thread.start()
+        host, port = ctx.master_addr, ctx.master_port
+        proto = options["protocol"]
+        timeout = float(options.get("timeout_s", 120))
+        if ctx.rank == 0:
+            if master_socket is not None:
+                master_socket.close()  # the scheduler binds MASTER_PORT itself, right now
+            self._call(self._start_scheduler(host, port, options), timeout)
+        address = f"{proto}://{host}:{port}"
+        worker_host = host if ctx.master_addr == "127.0.0.1" else _node_ip()
+        worker = self._call(self._start_worker(ctx, address, worker_host, options), timeout)
+        return {"scheduler": address, "worker": worker}
+
+    def watch(self, ctx: GangContext, stopped: threading.Event) -> str | None:
+        self._ended.wait()
+        return self._end_reason
+
+    def teardown(self, ctx: GangContext) -> None:
+        self._end_reason = None
+        self._ended.set()
+        if self._loop is None:
+            return
+        for server in reversed(self._servers):
+            try:
+                self._call(server.close(), 10.0)
+            except Exception:
+                pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # --- on the member's loop ------------------------------------------------------------------
+    def _call(self, coro: Any, timeout: float) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start_scheduler(self, host: str, port: int, options: dict[str, Any]) -> None:
+        from distributed import Scheduler
+
+        scheduler = Scheduler(
+            host=host,
+            port=port,
+            protocol=options["protocol"],
+            security=options["security"],
+            dashboard=False,
+            dashboard_address=None,
+            allowed_failures=0,
+        )
+        await scheduler
+        self._servers.append(scheduler)
+        self._on_finish(scheduler, "the Dask scheduler on rank 0 closed")
+
+    async def _start_worker(
+        self, ctx: GangContext, address: str, host: str, options: dict[str, Any]
+    ) -> str:
+        from distributed import Worker
+
+        worker = Worker(
+            address,
+            nthreads=options["nthreads"],
+            name=f"rank{ctx.rank}",
+            host=host,
+            port=pick_port(host),
+            protocol=options["protocol"],
+            security=options["security"],
+            dashboard=False,
+            memory_limit=options["memory_limit"] or 0,
+            death_timeout=float(options.get("timeout_s", 120)),
+        )
+        await worker
+        self._servers.append(worker)
+        self._on_finish(worker, f"the Dask worker of rank {ctx.rank} closed")
+        return worker.address
+
+    def _on_finish(self, server: Any, reason: str) -> None:
+        def done(_: Any) -> None:
+            if not self._ended.is_set():
+                self._end_reason = reason
+                self._ended.set()
+
+        assert self._loop is not None
+        self._loop.create_task(server.finished()).add_done_callback(done)
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def client(gang: Any) -> Any:
+    """The gang's connected ``distributed.Client`` (raises the gang's failure if it failed)."""
+    return gang.client

@@ -1,0 +1,36 @@
+"""Ports for gang rendezvous and for the libraries a gang starts, inside SIDEBAND_PORT_RANGE.
+
+The range itself is read once, in ``sideband._net`` (``SIDEBAND_PORT_RANGE=lo-hi``); groups and
+gangs use the same helpers, so one firewall rule covers groups, gangs and the libraries they wrap.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from sideband._net import bind_in_range, port_range
+
+__all__ = ["bind_in_range", "pick_port", "port_range", "retries_left"]
+
+
+def pick_port(host: str) -> int:
+    """A port that was free a moment ago, in the range when set; 0 (let the library pick) when
+    no range is set.
+
+    For libraries that bind on their own and take no socket: the port is free again when this
+    returns, so the caller retries on EADDRINUSE (the gang re-forms on it).
+    """
+    if port_range() is None:
+        return 0
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        bind_in_range(s, host)
+        return s.getsockname()[1]
+
+
+def retries_left(port: int) -> int:
+    """How many ports above ``port`` a library that counts up on EADDRINUSE (Spark's
+    ``spark.port.maxRetries``) may try while staying in the range."""
+    rng = port_range()
+    if rng is None or port == 0:
+        return 16
+    return max(0, rng[1] - port)
