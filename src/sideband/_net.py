@@ -1,5 +1,5 @@
 """Which address and ports sideband's listeners bind to and advertise (groups, gangs, the
-libraries gangs start): ``SIDEBAND_HOST`` and ``SIDEBAND_PORT_RANGE``, read in one place."""
+libraries gangs start): ``SIDEBAND_HOST`` and ``SIDEBAND_PORT_RANGE``, read in one place; and how a socket notices a peer that vanished."""
 
 from __future__ import annotations
 
@@ -72,3 +72,28 @@ def bind_in_range(sock: socket.socket, host: str) -> None:
         f"every port of SIDEBAND_PORT_RANGE={rng[0]}-{rng[1]} on {host} is taken; widen the "
         "range (a group needs one port per rank with remote peers, only while it forms)"
     )
+
+
+def link_timeout_s() -> float:
+    """How long a silent link may stay unanswered before its peer counts as lost."""
+    return float(os.environ.get("SIDEBAND_LINK_TIMEOUT_S", "3"))
+
+
+def watch_link(sock: socket.socket) -> None:
+    """Let the kernel notice a peer whose host vanished without closing the connection.
+
+    A host that loses power or its network sends no FIN: the socket would wait forever. Keepalive
+    probes after a second of silence catch an idle link, and TCP_USER_TIMEOUT a link with data
+    in flight; either ends the reader with ETIMEDOUT, which the waiting op reports as a lost
+    peer. A live peer's kernel answers probes even while its process is busy.
+    """
+    limit = link_timeout_s()
+    idle = max(1, int(limit / 3))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(limit * 1000))
+    except (AttributeError, OSError):  # not Linux: the Ray actor-state check remains
+        pass

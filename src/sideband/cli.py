@@ -17,6 +17,7 @@ _BENCH_SUITES = {
     "gang": "sideband.bench.gang",
     "multinode": "sideband.bench.multinode",
     "reliability": "sideband.bench.reliability",
+    "rdt": "sideband.bench.rdt",
 }
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_doctor)
     sub.add_parser(
         "bench",
-        help="benchmarks: sideband bench [collectives|endpoints|gang|reliability|multinode] "
+        help="benchmarks: sideband bench [collectives|endpoints|gang|reliability|multinode|rdt] "
         "[options]; "
         "each suite's --help lists its options",
     )

@@ -5,6 +5,10 @@ invisible to it, so the object can be freed while the receiver still holds the r
 path that pickles user objects goes through :func:`dumps`, which refuses refs (also nested in
 containers, dataclasses and any other pickled object) with :class:`OutOfBandRefError`.
 
+To pass tensors by ref out of band, use the sideband Ray Direct Transport instead
+(``@ray.method(tensor_transport="sideband")``, see :mod:`sideband.rdt`): Ray keeps counting the
+ref while sideband moves the bytes.
+
 Users who manage lifetimes themselves (they keep the ref alive on the sender until the receiver is
 done) opt out with ``with sideband.guard.allow_object_refs(): ...`` or by setting the environment
 variable ``SIDEBAND_ALLOW_OBJECT_REFS=1`` in the sending process.
@@ -60,8 +64,12 @@ class _GuardedPickler(pickle.Pickler):
             raise OutOfBandRefError(
                 f"{self._where}: the object contains a ray.ObjectRef ({obj!r}). Ray's reference "
                 "counting cannot see refs sent out of band, so the object could be freed while the "
-                "receiver still holds the ref. Pass the ref through a Ray call instead, or ray.get() "
-                "it first and send the value; if you keep the ref alive yourself, wrap the call in "
+                "receiver still holds the ref. To move tensors out of band *with* refs, let Ray "
+                "carry the ref and sideband the bytes: call sideband.rdt.register(), decorate the "
+                'producing method with @ray.method(tensor_transport="sideband") (numpy arrays: '
+                '"sideband_numpy") and pass its ref in a Ray call (b.consume.remote(ref)); see '
+                "docs/objectrefs.md. Otherwise pass the ref through a Ray call, or ray.get() it "
+                "first and send the value; if you keep the ref alive yourself, wrap the call in "
                 "sideband.guard.allow_object_refs()."
             )
         return None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sideband._net import bind_in_range
+from sideband._net import bind_in_range, watch_link
 from sideband.collective.transports.base import Channel, FrameCodec
 
 log = logging.getLogger("sideband.tcp")
@@ -32,31 +32,6 @@ _HELLO = struct.Struct("<16sI16s")  # session id digest, rank, connector nonce
 _SLICE_S = 0.2
 _READ_CHUNK = 1 << 20
 _GIL_FREE_COPY = 64 << 10
-
-
-def link_timeout_s() -> float:
-    """How long a silent link may stay unanswered before its peer counts as lost."""
-    return float(os.environ.get("SIDEBAND_LINK_TIMEOUT_S", "3"))
-
-
-def _watch_link(sock: socket.socket) -> None:
-    """Let the kernel notice a peer whose host vanished without closing the connection.
-
-    A host that loses power or its network sends no FIN: the socket would wait forever. Keepalive
-    probes after a second of silence catch an idle link, and TCP_USER_TIMEOUT a link with data
-    in flight; either ends the reader with ETIMEDOUT, which the waiting op reports as a lost
-    peer. A live peer's kernel answers probes even while its process is busy.
-    """
-    limit = link_timeout_s()
-    idle = max(1, int(limit / 3))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(limit * 1000))
-    except (AttributeError, OSError):  # not Linux: the Ray actor-state check remains
-        pass
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
@@ -178,7 +153,7 @@ class TcpChannel(Channel):
         self.sock = sock
         self._codec = codec
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _watch_link(sock)
+        watch_link(sock)
         sock.settimeout(_SLICE_S)
         self._on_data = on_data
         self._on_abort = on_abort
