@@ -95,6 +95,12 @@ class Op:
 class SubComm:
     """A comm seen through a subset of ranks: peer ``i`` is ``members[i]``."""
 
+    rank: int
+    world_size: int
+    channels: dict[int, Any]
+    local_pids: dict[int, int]
+    abort: Callable[[BaseException], None]
+
     def __init__(self, comm: Comm | SubComm, members: list[int]) -> None:
         self.parent = comm
         self.members = members
@@ -123,7 +129,7 @@ class SubComm:
 def as_bytes(a: Any) -> memoryview:
     """A flat byte view of an array or buffer."""
     if isinstance(a, np.ndarray):
-        return memoryview(a.reshape(-1).view(np.uint8))
+        return a.reshape(-1).view(np.uint8).data
     return memoryview(a).cast("B")
 
 

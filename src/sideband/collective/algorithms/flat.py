@@ -60,7 +60,7 @@ def reduce_scatter_ring_inplace(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     tmp = op.scratch("piece", per * x.itemsize).view(x.dtype)
     for s in range(n - 1):
         sseg, rseg = seg[(r - s) % n], seg[(r - s - 1) % n]
-        sp, rp = pieces(*sseg, per), pieces(*rseg, per)
+        sp, rp = pieces(sseg[0], sseg[1], per), pieces(rseg[0], rseg[1], per)
         # Sends run one piece ahead of receives, so that the next piece is on its way while
         # this one is reduced (a ring holds two pieces; a socket's reader drains anyway).
         for j in range(max(len(sp), len(rp) + 1)):

@@ -77,6 +77,7 @@ def _allreduce_2d(op: Op, intra: Op, x: np.ndarray, reduce: Reducer) -> None:
     L = len(h.mine)
     flat.reduce_scatter_ring_inplace(intra, x, reduce)
     a, b = bounds(x.size, L)[(h.local + 1) % L]
+    assert h.cross is not None  # uniform hosts: the caller checked
     flat.allreduce(op.sub(h.cross), x[a:b], reduce)
     flat.allgather_ring_segments(intra, x)
 
@@ -91,6 +92,7 @@ def _allreduce_2d_pipelined(op: Op, x: np.ndarray, reduce: Reducer, per: int) ->
     h: Hier = op.plan.hier
     L = len(h.mine)
     intra = op.sub(h.mine)
+    assert h.cross is not None  # uniform hosts: the caller checked
     cross = op.sub(h.cross)
     # The helper has scratch of its own: the phases here reuse "piece" and friends meanwhile.
     cross.scratch = lambda key, nbytes: op.scratch("x-" + key, nbytes)  # type: ignore[misc]

@@ -121,7 +121,9 @@ def _export(gpu: Gpu, t: Any, stream: Any) -> bytes:
     return _META.pack(nbytes, st.event_handle) + pickle.dumps(args)
 
 
-def _import_into(gpu: Gpu, comm: Any, meta: bytes, dst: Any, stream: Any, src_rank: int) -> None:
+def _import_into(
+    gpu: Gpu, comm: Any, meta: bytes | memoryview, dst: Any, stream: Any, src_rank: int
+) -> None:
     """Copy the peer's tensor described by ``meta`` into ``dst`` (contiguous) on ``stream``,
     and wait for the copy while watching the op."""
     import torch
@@ -176,7 +178,9 @@ def send_body(gpu: Gpu, t: Any, dst: int, tag: int, desc: int, stream: Any) -> A
     return body
 
 
-def _receive(gpu: Gpu, o: Any, meta: bytes, t: Any, stream: Any, src: int, tag: int) -> None:
+def _receive(
+    gpu: Gpu, o: Any, meta: bytes | memoryview, t: Any, stream: Any, src: int, tag: int
+) -> None:
     """Copy what ``src`` described into ``t``, then ack; on failure tell ``src`` (which waits
     for the ack) and fail here too."""
     import torch

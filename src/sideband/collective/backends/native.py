@@ -43,14 +43,14 @@ class Native:
         timeout_s: float | None,
         p2p: bool = False,
     ) -> Any:
-        staged = [(f"stage{i}", b) for i, b in enumerate(bufs) if b is not None and b.stage]
+        staged = [(f"stage{i}", b.stage) for i, b in enumerate(bufs) if b is not None and b.stage]
         if staged:
             inner = body
 
             def body(o: Op) -> Any:  # attach (and fill) pinned memory of staged CUDA buffers
                 pool = self._pinned()
-                for key, b in staged:
-                    b.stage(pool, key)
+                for key, stage in staged:
+                    stage(pool, key)
                 return inner(o)
 
         return self.ex.submit(label, desc, body, aop, timeout_s, p2p)

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sideband import _net
 from sideband._extras import require
@@ -76,6 +76,9 @@ def torch_reduce_op(dist: Any, op: ReduceOp) -> Any:
     return getattr(dist.ReduceOp, name)
 
 
+_T = TypeVar("_T", bound="TorchBackend")
+
+
 class TorchBackend:
     """One torch process group serving one sideband group."""
 
@@ -101,7 +104,7 @@ class TorchBackend:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, native: Native, session: str, kind: str, device: Any = None) -> TorchBackend:
+    def create(cls: type[_T], native: Native, session: str, kind: str, device: Any = None) -> _T:
         """Build the process group; a collective call on every rank of the group."""
         ex = native.ex
         name, rank, world_size = ex.name, ex.rank, native.n

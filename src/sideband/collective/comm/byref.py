@@ -47,7 +47,7 @@ class ByRef:
             np.copyto(np.frombuffer(recv.into, np.uint8), src)
             recv.result = recv.into
         else:
-            recv.result = memoryview(src.copy())
+            recv.result = src.copy().data
         # A sender that failed meanwhile (its deadline, say) set the abort flag before its
         # caller could touch the array again: then this copy may be torn.
         recv.comm.raise_if_aborted()
@@ -74,14 +74,14 @@ class ByRef:
                 acks.append(p)
                 self.sends += 1
         rstates = [comm.recv_state(p, v, KIND_P2P, tag, desc) for p, v in recvs]
-        comm.run(states + rstates)
+        comm.run([*states, *rstates])
         done = [s.peer for s in rstates if s.via_ref]
         if done or acks:
             # The receiver has copied the payload out of the sender's block: only now may the
             # sender's send return and its buffer change.
             empty = memoryview(b"")
             ack_states = [comm.recv_state(p, None, KIND_ACK, tag, 0) for p in acks]
-            comm.run([comm.send_state(p, empty, KIND_ACK, tag, 0) for p in done] + ack_states)
+            comm.run([*(comm.send_state(p, empty, KIND_ACK, tag, 0) for p in done), *ack_states])
             for st in ack_states:
                 if st.result is None or len(st.result):
                     raise MismatchError(

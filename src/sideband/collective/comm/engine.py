@@ -306,7 +306,7 @@ class Comm:
             return self.refs.exchange(self, sends, recvs, tag, desc)
         states: list[Send | Recv] = [self.send_state(p, v, kind, tag, desc) for p, v in sends]
         rstates = [self.recv_state(p, v, kind, tag, desc) for p, v in recvs]
-        self.run(states + rstates)
+        self.run([*states, *rstates])
         return [s.result for s in rstates]  # type: ignore[misc]
 
     def peek_header(self, peer: int) -> tuple[int, int, int, int] | None:

@@ -114,7 +114,7 @@ def writable(x: Any) -> Any:
     if x.size == 0:
         return np.empty_like(x)
     low, high = _byte_bounds(x)
-    raw = (ctypes.c_ubyte * (high - low)).from_address(low)
+    raw = memoryview((ctypes.c_ubyte * (high - low)).from_address(low))
     return np.ndarray(
         x.shape, dtype=x.dtype, buffer=raw, offset=x.ctypes.data - low, strides=x.strides
     )

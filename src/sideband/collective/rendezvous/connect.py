@@ -8,6 +8,7 @@ undone step by step, whatever failed.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -99,7 +100,7 @@ def connect(
             if p == rank:
                 continue
             peer_seg = waiting.retry(
-                lambda p=p: shm.open_segment(seg_name(p), len(local), ring, _AREAS),
+                functools.partial(shm.open_segment, seg_name(p), len(local), ring, _AREAS),
                 deadline,
                 (FileNotFoundError, ValueError),  # not created, or not yet sized
             )
@@ -144,8 +145,14 @@ def connect(
             if p < rank:
                 where = sess.wait_for_port(name, session, p, deadline)
                 sock = waiting.retry(
-                    lambda w=where: tcp.connect_peer(
-                        w["host"], w["port"], session, secret, rank, deadline
+                    functools.partial(
+                        tcp.connect_peer,
+                        where["host"],
+                        where["port"],
+                        session,
+                        secret,
+                        rank,
+                        deadline,
                     ),
                     deadline,
                     (OSError,),
@@ -153,7 +160,7 @@ def connect(
                     cap=0.2,
                 )
                 channels[p] = tcp.TcpChannel(p, sock, CODEC, own.control.ring, comm.on_remote_abort)
-        if acceptor is not None:
+        if acceptor is not None and listener is not None:
             acceptor.join()
             listener.close()
             if "error" in holder:

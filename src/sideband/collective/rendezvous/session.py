@@ -12,6 +12,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sideband import _kv
@@ -56,7 +57,7 @@ def open_session(
     world_size: int,
     backend: str,
     timeout_s: float,
-    actor_ids: list[str | None] | None = None,
+    actor_ids: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """Create a fresh session record for group ``name`` (done by rank 0 or the driver)."""
     rec = {

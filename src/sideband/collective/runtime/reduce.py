@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def reducer(op: ReduceOp, dtype: str) -> Reducer:
     if dtype in TORCH_ONLY:  # bfloat16: fp8 never reaches the native backend
         import torch
 
-        tfn = {
+        tfn: Any = {
             ReduceOp.SUM: torch.add,
             ReduceOp.AVG: torch.add,
             ReduceOp.PRODUCT: torch.mul,

@@ -49,7 +49,7 @@ def wait(addr: int, expected: int, timeout_s: float) -> None:
     sec = int(timeout_s)
     ts = _Timespec(sec, int((timeout_s - sec) * 1e9))
     _syscall(
-        ctypes.c_long(_SYS_FUTEX),
+        ctypes.c_long(_SYS_FUTEX or 0),
         ctypes.c_void_p(addr),
         ctypes.c_int(_FUTEX_WAIT),
         ctypes.c_uint32(expected & 0xFFFFFFFF),
@@ -64,7 +64,7 @@ def wake(addr: int) -> None:
     if _syscall is None:
         return
     _syscall(
-        ctypes.c_long(_SYS_FUTEX),
+        ctypes.c_long(_SYS_FUTEX or 0),
         ctypes.c_void_p(addr),
         ctypes.c_int(_FUTEX_WAKE),
         ctypes.c_int(_INT_MAX),

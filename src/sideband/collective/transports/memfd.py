@@ -50,7 +50,8 @@ def empty(shape: Any, dtype: Any = np.float32) -> np.ndarray:
     dt = np.dtype(dtype)
     if dt.hasobject:
         raise InvalidArgumentError(f"empty(): dtype {dt} holds Python objects; use a numeric dtype")
-    shape_t = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    dims: Any = (shape,) if np.isscalar(shape) else shape
+    shape_t = tuple(int(s) for s in dims)
     if any(s < 0 for s in shape_t):
         raise InvalidArgumentError(f"empty(): negative dimension in shape {shape_t}")
     nbytes = math.prod(shape_t) * dt.itemsize

@@ -181,7 +181,7 @@ class TcpChannel(Channel):
     def _read_exact(self, n: int) -> memoryview:
         # np.empty, not bytearray: no zero-filling of memory the socket overwrites anyway, and
         # malloc hands freed chunks back instead of fresh pages.
-        buf = memoryview(np.empty(n, np.uint8))
+        buf = np.empty(n, np.uint8).data
         got = 0
         while got < n:
             got += self._recv_some(buf[got:])
