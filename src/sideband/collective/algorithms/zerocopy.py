@@ -60,6 +60,31 @@ def read(op: Op, p: int, src: Any, offset: int, out: np.ndarray) -> None:
         cma.read(op.comm.local_pids[p], src + offset, out)
 
 
+def _reduce_piece(
+    op: Op,
+    srcs: list[Any],
+    mine: np.ndarray,
+    offset: int,
+    acc: np.ndarray,
+    tmp: np.ndarray,
+    reduce: Reducer,
+) -> None:
+    """acc = every rank's piece at byte ``offset`` of its buffer (this rank's is ``mine``),
+    reduced in rank order: a mapped peer is reduced in place, others are read into ``tmp``."""
+    for p in range(op.n):
+        if p == op.rank:
+            part = mine
+        elif isinstance(srcs[p], np.ndarray):
+            part = srcs[p][offset : offset + mine.nbytes].view(mine.dtype)
+        else:
+            part = tmp
+            read(op, p, srcs[p], offset, part)
+        if p == 0:
+            acc[...] = part
+        else:
+            reduce(acc, part)
+
+
 def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     """Rank r reduces segment r reading every peer's copy of it, then reads the others' results.
 
@@ -77,18 +102,7 @@ def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
     for lo in range(a, b, per):
         hi = min(lo + per, b)
         m = hi - lo
-        for p in range(n):
-            if p == r:
-                part = x[lo:hi]
-            elif isinstance(srcs[p], np.ndarray):
-                part = srcs[p][lo * item : hi * item].view(x.dtype)  # mapped: reduce in place
-            else:
-                part = tmp[:m]
-                read(op, p, srcs[p], lo * item, part)
-            if p == 0:
-                acc[:m] = part
-            else:
-                reduce(acc[:m], part)
+        _reduce_piece(op, srcs, x[lo:hi], lo * item, acc[:m], tmp[:m], reduce)
         x[lo:hi] = acc[:m]
     barrier(op)
     for k in range(1, n):
@@ -99,7 +113,7 @@ def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
 
 
 def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -> None:
-    r, n = op.rank, op.n
+    r = op.rank
     srcs = share_sources(op, x)
     item = x.itemsize
     row = out.size
@@ -109,18 +123,7 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
     for lo in range(0, row, per):
         hi = min(lo + per, row)
         m = hi - lo
-        for p in range(n):
-            if p == r:
-                part = x[r, lo:hi]
-            elif isinstance(srcs[p], np.ndarray):
-                part = srcs[p][(r * row + lo) * item : (r * row + hi) * item].view(x.dtype)
-            else:
-                part = tmp[:m]
-                read(op, p, srcs[p], (r * row + lo) * item, part)
-            if p == 0:
-                acc[:m] = part
-            else:
-                reduce_fn(acc[:m], part)
+        _reduce_piece(op, srcs, x[r, lo:hi], (r * row + lo) * item, acc[:m], tmp[:m], reduce_fn)
         out[lo:hi] = acc[:m]
     barrier(op)
 

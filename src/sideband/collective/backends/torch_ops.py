@@ -47,6 +47,17 @@ def flat_tensor(buf: Buffer, writable: bool) -> tuple[Any, Callable[[], None] | 
     return t, buf.writeback
 
 
+def _finisher(back: Callable[[], None] | None, result: Any) -> Callable[[], Any]:
+    """What an op that only writes back (non-contiguous outputs) does when it completes."""
+
+    def finish() -> Any:
+        if back:
+            back()
+        return result
+
+    return finish
+
+
 def _desc(op: str, t: Any, *extra: Any) -> int:
     return descriptor("torch", op, dtype_name(t), t.numel(), *extra)
 
@@ -166,10 +177,7 @@ class Torch(TorchBackend):
             o.rootTensor = 0
             return self.pg.broadcast([_bytes(x_t)], o)
 
-        def finish() -> Any:
-            if back:
-                back()
-            return buf.obj
+        finish = _finisher(back, buf.obj)
 
         label = f"broadcast({buf.dtype}{list(buf.shape)}, src={src})"
         return self._go(label, _desc("broadcast", x_t, src), issue, finish, aop, t, x_t)
@@ -182,10 +190,7 @@ class Torch(TorchBackend):
         def issue() -> Any:
             return self.pg.allgather([rows], [_bytes(x_t)])
 
-        def finish() -> Any:
-            if back:
-                back()
-            return ob.obj
+        finish = _finisher(back, ob.obj)
 
         label = f"allgather({buf.dtype}{list(buf.shape)})"
         return self._go(label, _desc("allgather", x_t), issue, finish, aop, t, x_t)
@@ -237,10 +242,7 @@ class Torch(TorchBackend):
             o.rootRank = src
             return self.pg.scatter([_bytes(o_t)], [rows] if buf is not None else [], o)
 
-        def finish() -> Any:
-            if back:
-                back()
-            return ob.obj
+        finish = _finisher(back, ob.obj)
 
         desc = _desc("scatter", o_t, src)
         return self._go(f"scatter(src={src})", desc, issue, finish, aop, t, o_t)
@@ -292,10 +294,7 @@ class Torch(TorchBackend):
         def issue() -> Any:
             return self.pg.alltoall_base(_bytes(o_t), _bytes(x_t), [], [], dist.AllToAllOptions())
 
-        def finish() -> Any:
-            if back:
-                back()
-            return ob.obj
+        finish = _finisher(back, ob.obj)
 
         label = f"alltoall({buf.dtype}{list(buf.shape)})"
         return self._go(label, _desc("alltoall", x_t), issue, finish, aop, t, x_t)
@@ -317,10 +316,7 @@ class Torch(TorchBackend):
         def issue() -> Any:
             return self.pg.recv([_bytes(x_t)], src, ttag)
 
-        def finish() -> Any:
-            if back:
-                back()
-            return buf.obj
+        finish = _finisher(back, buf.obj)
 
         label = f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})"
         return self._go(label, 0, issue, finish, aop, t, x_t, True, [src])
