@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(dt)
         per_rank = comm.gather(times, root=0)
         if rank == 0:
+            assert per_rank is not None  # the root gathers
             points.append({**pt, "times": [max(c) for c in zip(*per_rank)]})
     if rank == 0:
+        assert oks is not None  # the root gathers
         with open(args.out, "w") as f:
             json.dump(
                 {

@@ -170,9 +170,9 @@ class Testbed:
             d.kill()
         nodes.stop(list(reversed(self.hosts)))  # workers first, head last
         for h in self.hosts:
-            left = self._kill_host(h)
-            if left:
-                errors.append(f"host {h.index}: processes {sorted(left)} survived SIGKILL")
+            survivors = self._kill_host(h)
+            if survivors:
+                errors.append(f"host {h.index}: processes {sorted(survivors)} survived SIGKILL")
         if self.mode == NETNS:
             network.delete_namespaces([h.netns for h in self.hosts if h.netns] + [self._switch])
         if self._tmp:

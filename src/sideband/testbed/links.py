@@ -22,8 +22,9 @@ def netem_available(sw: str) -> bool:
     return p.returncode == 0
 
 
-def _ends(sw: str, h: Host) -> tuple[tuple[str | None, str], ...]:
+def _ends(sw: str, h: Host) -> tuple[tuple[str, str], ...]:
     """(namespace, device) of both ends of the host's link: a qdisc on each shapes both ways."""
+    assert h.netns is not None  # links exist in netns mode only
     return ((h.netns, IFACE), (sw, h.port_iface))
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from sideband._extras import require
 from sideband.bench.collectives.config import IMPLS, MODES, OPS, TRANSPORTS, _csv, _parse_size
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     total = _total(ops, mode, keys, "mpich" in impls)
 
     actor_cls = ray.remote(num_cpus=0)(BenchWorker)
-    actors = [actor_cls.remote() for _ in range(max(mode.world_sizes))]
+    actors: list[Any] = [actor_cls.remote() for _ in range(max(mode.world_sizes))]
     started = time.perf_counter()
     try:
         _on_each(actors, args.timeout, _a_setup, env, has_torch, rank_arg=False)
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     # Tables are read in files and CI logs too: never squeeze them to a pipe's 80 columns.
     out = Console() if sys.stdout.isatty() else Console(width=160)
     _print_tables(run, rats, out)
-    for n in run.notes:
-        out.print(f"note: {n}")
+    for note in run.notes:
+        out.print(f"note: {note}")
     for f in run.failures:
         out.print(f"[red]FAILED[/red]: {f}")
     out.print(

@@ -69,8 +69,11 @@ class _Impl:
                 import ray.util.collective as col
 
                 self.ray_declared = True
+                from ray.util.collective.types import Backend
+
+                ray_backend: Any = Backend.GLOO  # Ray types its Backend constants as str
                 col.create_collective_group(
-                    self.actors, self.ws, list(range(self.ws)), backend="gloo", group_name=self.name
+                    self.actors, self.ws, list(range(self.ws)), ray_backend, group_name=self.name
                 )
             elif self.impl == "torch_gloo":
                 self.tmpdir = self.tmpdir or tempfile.mkdtemp(prefix="sideband-bench-torch-")

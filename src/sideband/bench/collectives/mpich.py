@@ -49,7 +49,7 @@ def _run_mpich(
         spec, out = os.path.join(d, "spec.json"), os.path.join(d, "out.json")
         with open(spec, "w") as f:
             json.dump({"points": points}, f)
-        cmd = [mpiexec, "-n", str(ws), sys.executable, "-m", "sideband.bench.mpi_worker"]
+        cmd = [str(mpiexec), "-n", str(ws), sys.executable, "-m", "sideband.bench.mpi_worker"]
         # Own session, so that on a timeout mpiexec, its proxies and the ranks go together.
         proc = subprocess.Popen(
             cmd + ["--spec", spec, "--out", out],

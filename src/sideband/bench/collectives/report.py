@@ -68,13 +68,13 @@ def _print_tables(run: Run, rats: list[dict[str, Any]], console: Any) -> None:
                 continue
             vals = []
             for c in cols:
-                r = cells.get(c)
-                if r is None:
+                cell = cells.get(c)
+                if cell is None:
                     vals.append("")
                 elif bw:
-                    vals.append(f"{busbw(op, nbytes, ws, r['median_s'])[1]:.2f}")
+                    vals.append(f"{busbw(op, nbytes, ws, cell['median_s'])[1]:.2f}")
                 else:
-                    vals.append(_fmt_t(r["median_s"]))
+                    vals.append(_fmt_t(cell["median_s"]))
             table.add_row(op, str(ws), _fmt_size(nbytes) if op in SIZED_OPS else "", *vals)
         console.print(table)
     rt = Table(title="ratios: sideband median / baseline median, same run (issue 4 targets)")
@@ -106,7 +106,7 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
     if not panels:
         return
     wss = sorted({ws for _, ws in panels})
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap
     colors = {
         c: palette[i % len(palette)] for i, c in enumerate(sorted({_column(r) for r in records}))
     }

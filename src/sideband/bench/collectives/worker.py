@@ -100,6 +100,7 @@ def _op_fns(
     if impl == "memcpy":
         x, y = b["x"], b["y"]
         return noop, lambda: np.copyto(y, x)
+    barrier: Callable[[], Any]
     if impl == "sideband":
         import sideband
 
