@@ -138,12 +138,13 @@ def run(
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
 
-    @ray.remote(num_cpus=0)
-    class Worker:
+    class _Worker:
         """Any actor can be grouped: this one has no sideband-specific methods."""
 
         def ready(self) -> bool:
             return True
+
+    Worker: Any = ray.remote(num_cpus=0)(_Worker)
 
     actors = [Worker.remote() for _ in range(num_actors)]
     ray.get([a.ready.remote() for a in actors])

@@ -101,7 +101,7 @@ def driver_main() -> None:
     timeout_s = float(args["timeout_s"])
     bed = tb.connect()
     cls = ray.remote(num_cpus=0)(C.BenchWorker)
-    actors = [cls.options(**tb.on_host(h)).remote() for h in LAYOUT]
+    actors: list[Any] = [cls.options(**tb.on_host(h)).remote() for h in LAYOUT]
     ws = len(actors)
 
     def each(fn: Any, *a: Any, rank_args: bool = False) -> list[Any]:
@@ -136,7 +136,7 @@ def driver_main() -> None:
                 each(_a_setenv, {"SIDEBAND_HIERARCHICAL": flag})
                 sideband.create_group(actors, name=name, backend=bed["backend"], timeout_s=60)
                 each(_a_setenv, {"SIDEBAND_HIERARCHICAL": None})
-                topo = ray.get(actors[0].__ray_call__.remote(_a_topology, name))
+                topo: dict[str, Any] = ray.get(actors[0].__ray_call__.remote(_a_topology, name))
                 out["notes"].append(
                     f"{key}: hosts {topo.get('hosts')}, hierarchical={topo.get('hierarchical')}, "
                     f"rank 0 peers {topo['peers']}"

@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
 
-    @ray.remote(num_cpus=0)
-    class Member:
+    class _Member:
         def ready(self) -> bool:
             return True
+
+    Member: Any = ray.remote(num_cpus=0)(_Member)
 
     survivor = Member.remote()
     delays: dict[tuple[str, str], list[float]] = {}
