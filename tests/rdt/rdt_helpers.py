@@ -97,6 +97,18 @@ class Producer(_Common):
     def mutate_kept(self, value: float) -> None:
         self.kept.fill_(value)
 
+    @ray.method(tensor_transport="sideband")
+    def shared(self, n: int, value: float) -> Any:
+        """A tensor in shared memory: exported in place (no copy), so it is live."""
+        self.kept = sideband.rdt.empty(n).fill_(value)
+        return self.kept
+
+    @ray.method(tensor_transport="sideband_numpy")
+    def shared_numpy(self, n: int) -> Any:
+        self.kept = sideband.rdt.empty(n, np.int32, numpy=True)
+        self.kept[:] = np.arange(n, dtype=np.int32)
+        return self.kept
+
     @ray.method(tensor_transport="sideband_numpy")
     def numpy(self, n: int) -> Any:
         return np.arange(n, dtype=np.int32)
@@ -126,6 +138,12 @@ class Consumer(_Common):
         if isinstance(x, dict):
             return {k: one(v) for k, v in x.items()}
         return one(x)
+
+    @ray.method(tensor_transport="sideband")
+    def forward(self, x: Any) -> Any:
+        """Pass a received tensor on (it lives in this process's shared memory already)."""
+        self.held.append(x)
+        return x
 
     def hold(self, x: Any) -> float:
         self.held.append(x)

@@ -26,3 +26,13 @@ def test_smoke_run_writes_one_record_per_point(ray_session: None, tmp_path: Path
     assert {(x["nbytes"], x["baseline"]) for x in doc["ratios"]} == {
         (n, b) for n in rdt.SMOKE_SIZES for b in ("rdt_gloo", "object_store")
     }
+
+
+def test_ratios_across_hosts_use_their_own_target() -> None:
+    recs = [
+        {"impl": "rdt_gloo", "nbytes": 64 << 20, "median_s": 0.1},
+        {"impl": "rdt_sideband", "nbytes": 64 << 20, "median_s": 0.05},
+    ]
+    (one,) = rdt.ratios(recs, hosts=2)
+    assert one["ratio"] == 0.5 and one["target"] == 1.0 and one["met"]
+    assert rdt.ratios(recs)[0]["target"] == 0.25

@@ -25,7 +25,7 @@ from typing import Any
 
 from sideband.rdt.config import Settings, configure
 
-__all__ = ["NAME", "NUMPY_NAME", "Settings", "configure", "register", "stats", "trim"]
+__all__ = ["NAME", "NUMPY_NAME", "Settings", "configure", "empty", "register", "stats", "trim"]
 
 NAME = "sideband"
 NUMPY_NAME = "sideband_numpy"
@@ -59,6 +59,31 @@ def register() -> None:
         register_tensor_transport(NUMPY_NAME, ["cpu"], SidebandNumpyTransport, np.ndarray)
 
 
+def empty(shape: Any, dtype: Any = None, *, numpy: bool = False) -> Any:
+    """A new uninitialised tensor (or numpy array) in this process's shared memory.
+
+    Returned alone from a ``tensor_transport="sideband"`` method, it travels with no copy in the
+    producer: consumers read it where it is. It is then live, as with Ray's own transports:
+    writes the producer makes before a consumer has fetched it show there (tensors received
+    through the transport are in shared memory too, and are passed on the same way).
+    """
+    import math
+
+    import numpy as np
+
+    from sideband.rdt import arrays, pool
+
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if numpy:
+        dt = np.dtype(dtype or np.float32)
+        return arrays.typed_np(pool.owned(math.prod(dims) * dt.itemsize), dims, dt)
+    import torch
+
+    dt = dtype or torch.get_default_dtype()
+    nbytes = math.prod(dims) * torch.empty((), dtype=dt).element_size()
+    return arrays.typed_t(pool.owned(nbytes), dims, dt)
+
+
 def trim() -> None:
     """Hand this process's idle shared blocks and cached mappings of producers' blocks back to the
     kernel now (they go by themselves after ``SIDEBAND_RDT_KEEP_S`` idle seconds, 2 by default)."""
@@ -73,9 +98,11 @@ def stats() -> dict[str, Any]:
     """This process's transport state: objects held for consumers, pool blocks, memfds, mappings.
 
     ``memfds`` counts the sideband shared files this process has open (its own and peers'),
-    ``mappings`` its mappings of any, ``peer_mappings`` those of files other processes own.
+    ``mappings`` its mappings of any, ``peer_mappings`` those of files other processes own;
+    ``fetched`` how this process's fetches went (inline, local copy, view, TCP pull),
+    ``serving`` how many TCP pulls of its objects are streaming now.
     """
-    from sideband.rdt import exports
+    from sideband.rdt import exports, fetch, remote
     from sideband.rdt.pool import POOL
 
     own = POOL.inodes()
@@ -95,4 +122,6 @@ def stats() -> dict[str, Any]:
         "mappings": len(mapped),
         # Mappings of other processes' blocks (zero-copy views and cached mappings).
         "peer_mappings": sum(1 for ino in mapped if ino not in own),
+        "fetched": dict(fetch.COUNTS),
+        "serving": remote.serving(),
     }

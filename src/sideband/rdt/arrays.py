@@ -62,6 +62,12 @@ def copy_into(dst_u8: np.ndarray, x: Any) -> None:
         np.copyto(dst_u8.view(x.dtype).reshape(x.shape), x)
 
 
+def is_contiguous(x: Any) -> bool:
+    if is_torch(x):
+        return bool(x.is_contiguous())
+    return bool(x.flags.c_contiguous)
+
+
 def to_bytes(x: Any) -> bytes:
     """A small array's bytes (for objects that travel inline, in Ray's own metadata)."""
     if is_torch(x):

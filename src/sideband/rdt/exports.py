@@ -2,7 +2,10 @@
 
 The copy is taken when the method returns, so the consumer sees the arrays as they were then,
 whatever the producer does to them afterwards (Ray's own transports send the live tensor). Small
-objects need no block: their bytes travel inline, in the metadata Ray carries anyway.
+objects need no block: their bytes travel inline, in the metadata Ray carries anyway. A single
+array that already lives in shared memory (``sideband.rdt.empty``, a tensor this process
+received through the transport, ``Group.empty``) is exported where it is, with no copy: live,
+as with Ray's own transports.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from sideband.collective.transports import memfd
 from sideband.rdt import arrays
 from sideband.rdt.pool import POOL, Block
 
@@ -27,6 +31,10 @@ class Export:
     sizes: list[int]
     block: Block | None = None
     inline: bytes | None = None
+    # In place: ``block`` is the array's own bytes at ``shift`` in a shared file that is not
+    # the pool's to free; ``keep`` holds the arrays (and so the file) while the ref lives.
+    shift: int = 0
+    keep: list[Any] | None = None
 
 
 _lock = threading.Lock()
@@ -43,6 +51,8 @@ def export(obj_id: str, objs: list[Any]) -> tuple[list[tuple[Any, Any]], Export]
     offsets, total = arrays.layout(sizes)
     if total <= INLINE_MAX:
         ex = Export(offsets, sizes, inline=b"".join(arrays.to_bytes(x) for x in objs))
+    elif (shared := _in_place(objs, sizes)) is not None:
+        ex = shared
     else:
         block = POOL.alloc(total)
         try:
@@ -56,16 +66,28 @@ def export(obj_id: str, objs: list[Any]) -> tuple[list[tuple[Any, Any]], Export]
         # A retried task exports the same id again: the newer copy replaces the older one.
         old = _exports.pop(obj_id, None)
         _exports[obj_id] = ex
-    if old is not None and old.block is not None:
+    if old is not None and old.block is not None and old.keep is None:
         POOL.free(old.block)
     return meta, ex
+
+
+def _in_place(objs: list[Any], sizes: list[int]) -> Export | None:
+    """The export of one contiguous array that lives in a shared block, with no copy."""
+    if len(objs) != 1 or not arrays.is_contiguous(objs[0]):
+        return None
+    u8 = arrays.u8_of(objs[0])
+    ref = memfd.ref(u8)
+    if ref == memfd.NO_REF:
+        return None
+    _pid, fd, ino, off, size = memfd.REF.unpack(ref)
+    return Export([0], sizes, block=Block(u8, fd, ino, size), shift=off, keep=list(objs))
 
 
 def release(obj_id: str) -> None:
     """Ray freed the ref: give the object's block back to the pool."""
     with _lock:
         ex = _exports.pop(obj_id, None)
-    if ex is not None and ex.block is not None:
+    if ex is not None and ex.block is not None and ex.keep is None:
         POOL.free(ex.block)
 
 

@@ -31,14 +31,17 @@ CHUNK = 16 << 20
 
 
 def host_id() -> str:
-    """Processes with the same id can map each other's memfds: one kernel, one pid namespace."""
+    """Processes with the same id map each other's memfds: one kernel, one pid namespace, and
+    the same host as sideband's groups see it (same ``/dev/shm``, same ``SIDEBAND_HOST_KEY``), so
+    that hosts split off one machine (the multi-host test bed) talk TCP, as real hosts do."""
+    from sideband.collective.rendezvous.topology import host_key
+
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
         pidns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return ""
-    return f"{boot}:{pidns}"
+    key = host_key()
+    return "" if key.startswith("pid-") else f"{key}:{pidns}"
 
 
 def _open(pid: int, fd: int, ino: int, who: str) -> int:

@@ -163,3 +163,16 @@ def _env_float(name: str, default: float) -> float:
 
 # One pool per process, shared by the producer and consumer sides of every transfer.
 POOL = Pool(keep_s=_env_float("SIDEBAND_RDT_KEEP_S", 2.0))
+
+
+def owned(nbytes: int) -> np.ndarray:
+    """Bytes of a pooled block, handed back to the pool when the returned array (and every view
+    of it) dies: what received tensors and ``sideband.rdt.empty`` live in."""
+    if nbytes == 0:
+        return np.empty(0, np.uint8)
+    block = POOL.alloc(nbytes)
+    # A base of its own (not a view of the block's array), so that the finalizer sees exactly
+    # the lifetime of the arrays built over it.
+    owner = np.frombuffer(memoryview(block.buf)[:nbytes], np.uint8)
+    weakref.finalize(owner, POOL.free, block)
+    return owner

@@ -35,6 +35,11 @@ _PIECE = 4 << 20
 _lock = threading.Lock()
 _server: _Server | None = None
 _active: dict[str, socket.socket] = {}
+_serving = 0  # connections streaming an object's bytes right now
+
+
+def serving() -> int:
+    return _serving
 
 
 class _Server:
@@ -76,12 +81,22 @@ class _Server:
                 return
             conn.sendall(_REPLY.pack(0, sum(ex.sizes)))
             conn.settimeout(None)
-            for off, size in zip(ex.offsets, ex.sizes):
-                conn.sendall(memoryview(ex.block.buf)[off : off + size])
+            _count_serving(1)
+            try:
+                for off, size in zip(ex.offsets, ex.sizes):
+                    conn.sendall(memoryview(ex.block.buf)[off : off + size])
+            finally:
+                _count_serving(-1)
         except (OSError, ValueError, struct.error):
             pass
         finally:
             conn.close()
+
+
+def _count_serving(d: int) -> None:
+    global _serving
+    with _lock:
+        _serving += d
 
 
 _nodes_checked = 0.0

@@ -76,7 +76,7 @@ class SidebandTransport(TensorTransportManager):
             who=exports.producer_label(),
             host=fetch._HOST,
             pid=os.getpid(),
-            offsets=ex.offsets,
+            offsets=[o + ex.shift for o in ex.offsets],
             sizes=ex.sizes,
             inline=ex.inline,
         )
