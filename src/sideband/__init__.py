@@ -71,11 +71,17 @@ __all__ = [
     "init_group",
     "is_group_initialized",
     "list_groups",
+    "tcp",
 ]
 
 # Endpoints and gangs are imported on first use: they pull in aiohttp / grpcio / placement groups,
 # which collective users should not pay for at import time.
-_LAZY_MODULES = {"http": "sideband.http", "grpc": "sideband.grpc", "gang": "sideband.gang"}
+_LAZY_MODULES = {
+    "http": "sideband.http",
+    "grpc": "sideband.grpc",
+    "gang": "sideband.gang",
+    "tcp": "sideband.tcp",
+}
 
 
 def __getattr__(name: str) -> Any:

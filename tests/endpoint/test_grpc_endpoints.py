@@ -336,3 +336,31 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "grpc", None)
     with pytest.raises(MissingExtraError, match=r"sideband\[grpc\]"):
         sideband.grpc.expose()
+
+
+def test_generic_call_deep_json_is_invalid_argument(agreeter) -> None:
+    """Issue 13 point 6: the gRPC JSON path answers a 100 kB nested body INVALID_ARGUMENT."""
+    from sideband.endpoint import generic_proto
+
+    request_cls, reply_cls = generic_proto.messages()
+    deep = "[" * 50_000 + "]" * 50_000
+    with grpc.insecure_channel(sideband.grpc.target(agreeter)) as channel:
+        stub = channel.unary_unary(
+            generic_proto.CALL,
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=reply_cls.FromString,
+        )
+        for kwargs_json in ('{"k": ' + deep + "}", deep, "{not json", '"\\ud800'):
+            with pytest.raises(grpc.RpcError) as info:
+                stub(request_cls(method="add", kwargs_json=kwargs_json), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, kwargs_json[:20]
+        assert "nested too deeply" in _deep_details(stub, request_cls, deep)
+    assert sideband.grpc.call(agreeter, "count") >= 0  # still serving
+
+
+def _deep_details(stub, request_cls, deep: str) -> str:  # noqa: ANN001
+    try:
+        stub(request_cls(method="add", kwargs_json=deep), timeout=10)
+    except grpc.RpcError as e:
+        return e.details()
+    return ""

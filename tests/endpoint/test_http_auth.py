@@ -35,7 +35,7 @@ def test_all_interfaces_requires_token(ray_session: None) -> None:
         assert url.startswith(f"http://{ray.util.get_node_ip_address()}:")
         local = _loopback(url)
         status, body = request(local + "/")
-        assert status == 401 and body["error"] == "unauthorized"
+        assert status == 401 and body["detail"].startswith("Not authenticated")
         assert (
             request(local + "/", headers={"Authorization": "Bearer wrong-token-wrong-token"})[0]
             == 401
@@ -47,7 +47,11 @@ def test_all_interfaces_requires_token(ray_session: None) -> None:
         assert request(local + "/", headers={"Authorization": f"Bearer {tok}"}) == (200, "hi")
         assert request(local + "/", headers=sideband.http.headers(a)) == (200, "hi")
         # Health checks need no token: load balancers probe without one.
-        assert request(local + "/-/healthz")[0] == 200
+        # ... and learn nothing else from it without a token (issue 13 point 9).
+        assert request(local + "/-/healthz") == (200, {"status": "ok"})
+        status, health = request(local + "/-/healthz", headers={"Authorization": f"Bearer {tok}"})
+        assert status == 200 and health["class"] == "Public"
+        assert request(local + "/-/openapi.json")[0] == 401
         # The listing never shows the token.
         listed = next(e for e in sideband.endpoints() if e["actor_id"] == a._actor_id.hex())
         assert tok not in str(listed)

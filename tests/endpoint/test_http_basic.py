@@ -38,7 +38,13 @@ class Store:
 
     @sideband.http.get("/items/{key}")
     def get_item(self, key: str) -> float:
-        return self.items[key]  # KeyError -> 404
+        if key not in self.items:
+            raise sideband.http.HTTPError(404, f"no item {key!r}", {"X-Missing": key})
+        return self.items[key]
+
+    @sideband.http.get("/buggy/{key}")
+    def buggy(self, key: str) -> float:
+        return self.items[key]  # a KeyError here is a bug in the handler: 500
 
     @sideband.http.delete("/items/{key}")
     def del_item(self, key: str) -> None:
@@ -60,7 +66,7 @@ class Store:
     def fail(self, kind: str) -> None:
         raise {
             "value": ValueError("bad value"),
-            "perm": PermissionError("no"),
+            "perm": sideband.http.HTTPError(403, {"why": "no"}),
             "boom": RuntimeError("boom"),
         }[kind]
 
@@ -179,29 +185,51 @@ def test_return_types(store) -> None:
 def test_bad_requests_get_4xx_and_actor_survives(store) -> None:
     url = sideband.http.url(store)
     status, body = request(url + "/add", {"k": "seven"})
-    assert status == 422 and body["field"] == "k"
-    status, body = request(url + "/add", raw=b'{"k": 1')
-    assert status == 400 and body["error"] == "malformed_json"
-    status, body = request(url + "/add", {"nope": 1})
-    assert status == 422 and body["field"] == "nope"
-    status, body = request(url + "/add", raw=b"[1, 2]")
     assert status == 422
+    assert body["detail"] == [
+        {
+            "type": "int_parsing",
+            "loc": ["body", "k"],
+            "msg": "expected an integer, got 'seven'",
+            "input": "seven",
+        }
+    ]
+    status, body = request(url + "/add", raw=b'{"k": 1')
+    assert status == 400 and body["detail"][0]["type"] == "json_invalid"
+    status, body = request(url + "/add", {"nope": 1})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "nope"]
+    assert body["detail"][0]["type"] == "extra_forbidden"
+    status, body = request(url + "/add", raw=b"[1, 2]")
+    assert status == 422 and body["detail"][0]["type"] == "dict_type"
     status, body = request(url + "/search")
-    assert status == 422 and body["field"] == "tags"
-    assert request(url + "/no/such/route")[0] == 404
-    assert request(url + "/", method="DELETE")[0] == 405
-    assert request(url + "/items/missing")[0] == 404
+    assert status == 422 and body["detail"][0]["loc"] == ["query", "tags"]
+    assert body["detail"][0]["type"] == "missing"
+    # Every bad field at once, as FastAPI reports them.
+    status, body = request(url + "/search?tags=x&exact=maybe&limit=1.5")
+    assert status == 422
+    assert [d["loc"] for d in body["detail"]] == [
+        ["query", "tags", 0],
+        ["query", "exact"],
+        ["query", "limit"],
+    ]
+    assert request(url + "/no/such/route") == (404, {"detail": "Not Found"})
+    assert request(url + "/", method="DELETE") == (405, {"detail": "Method Not Allowed"})
+    assert request(url + "/items/missing") == (404, {"detail": "no item 'missing'"})
     assert request(url + "/-/healthz")[0] == 200
     assert ray.get(store.plain.remote()) >= 3
 
 
 def test_exceptions_become_json_errors(store) -> None:
     url = sideband.http.url(store)
-    status, body = request(url + "/fail", {"kind": "value"})
-    assert status == 400 and body["error"] == "ValueError" and body["message"] == "bad value"
-    assert request(url + "/fail", {"kind": "perm"})[0] == 403
-    status, body = request(url + "/fail", {"kind": "boom"})
-    assert status == 500 and body["error"] == "RuntimeError"
+    # An uncaught exception is a bug in the handler, whatever its type: 500, never 4xx.
+    for kind in ("value", "boom"):
+        status, body = request(url + "/fail", {"kind": kind})
+        assert status == 500 and body["detail"].startswith("Internal Server Error: ")
+        assert "Store.fail" in body["detail"]
+        assert "bad value" not in body["detail"]  # the message stays in the actor's log
+    assert request(url + "/fail", {"kind": "perm"}) == (403, {"detail": {"why": "no"}})
+    status, body = request(url + "/buggy/nothing")
+    assert status == 500 and "KeyError" in body["detail"]
     assert request(url + "/")[0] == 200
 
 
@@ -217,7 +245,7 @@ def test_oversized_body(astore) -> None:
     url = sideband.http.url(astore)
     assert request(url + "/echo", {"data": "x" * 100}) == (200, 100)
     status, body = request(url + "/echo", {"data": "x" * 5000})
-    assert status == 413 and body["error"] == "body_too_large"
+    assert status == 413 and "detail" in body
     assert request(url + "/echo", {"data": "y"}) == (200, 1)
 
 
@@ -226,7 +254,7 @@ def test_slow_handler_gets_504(ray_session: None) -> None:
     try:
         url = sideband.http.url(a)
         status, body = request(url + "/slow?seconds=60", timeout=30)
-        assert status == 504 and body["error"] == "timeout"
+        assert status == 504 and "took longer than 1 s" in body["detail"]
         assert request(url + "/-/healthz")[0] == 200  # still serving
         assert 'status="504"' in request(url + "/-/metrics")[1]
     finally:

@@ -6,81 +6,29 @@ Every HTTP target answers ``GET /`` with a counter as text. The load generator r
 process on loopback: ``wrk`` when installed (Debian: ``apt-get install wrk``), else an aiohttp
 client. Targets are measured one after another with the same load; each gets a warm-up first.
 Ray Serve needs ``pip install 'ray[serve]'`` (skipped with a note otherwise).
+
+``--suite ws``: WebSocket echo round trips (one message in flight per connection) and messages/s,
+sideband's ``@sideband.http.websocket`` against the same aiohttp handler in a plain process.
+``--suite metrics``: requests/s of one endpoint with ``metrics="ray"`` against ``metrics=None``
+(runs alternate, best of each kept): what exporting metrics through Ray costs the hot path.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-# --- the three servers -------------------------------------------------------------------------
+from sideband.bench import endpoint_targets as targets
 
-
-def _plain_server() -> None:
-    """A plain aiohttp process serving the same handler; prints its port, serves until killed."""
-    from aiohttp import web
-
-    state = {"n": 0}
-
-    async def value(request: web.Request) -> web.Response:
-        return web.Response(text=str(state["n"]))
-
-    async def run() -> None:
-        app = web.Application()
-        app.router.add_get("/", value)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
-        await asyncio.Event().wait()
-
-    asyncio.run(run())
-
-
-def _counter_class() -> Any:
-    import ray
-
-    import sideband
-
-    @ray.remote(num_cpus=0)
-    @sideband.http.expose()
-    class BenchCounter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        @sideband.http.get("/")
-        async def value(self) -> str:
-            return str(self.n)
-
-    return BenchCounter
-
-
-def _serve_app(max_ongoing: int) -> Any:
-    from ray import serve
-
-    # max_ongoing_requests at the load's concurrency: Serve's default (5) queues the rest in the
-    # proxy and measures far worse; this is Serve at its best for this load.
-    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max_ongoing)
-    class ServeCounter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        async def __call__(self, request: Any) -> str:
-            return str(self.n)
-
-    return ServeCounter.bind()
-
+_TARGETS = "sideband.bench.endpoint_targets"
 
 # --- load generation ---------------------------------------------------------------------------
 
@@ -106,62 +54,38 @@ def _wrk(url: str, duration: float, connections: int) -> dict[str, float]:
     return {"rps": rps, "p50": pct("50"), "p99": pct("99")}
 
 
-def _aiohttp_loadgen(url: str, duration: float, connections: int) -> None:
-    """Child process: ``connections`` keep-alive clients for ``duration`` s; prints JSON."""
-    import aiohttp
-
-    lat: list[float] = []
-
-    async def worker(session: aiohttp.ClientSession, stop: float) -> None:
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            async with session.get(url) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"{url} answered {r.status}")
-            lat.append(time.perf_counter() - t0)
-
-    async def run() -> float:
-        conn = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=conn) as session:
-            t0 = time.perf_counter()
-            stop = t0 + duration
-            await asyncio.gather(*(worker(session, stop) for _ in range(connections)))
-            return time.perf_counter() - t0
-
-    elapsed = asyncio.run(run())
-    print(json.dumps({"rps": len(lat) / elapsed, **_percentiles(lat)}))
-
-
-def _aiohttp(url: str, duration: float, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sideband.bench.endpoints",
-            "--_loadgen",
-            url,
-            str(duration),
-            str(connections),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def _child(kind: str, url: str, duration: float, connections: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", _TARGETS, "loadgen", kind, url, str(duration), str(connections)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _percentiles(lat: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50": q[49], "p99": q[98]}
+def _aiohttp(url: str, duration: float, connections: int) -> dict[str, float]:
+    return _child("http", url, duration, connections)
 
 
-def _measure(url: str, args: argparse.Namespace) -> dict[str, float]:
-    gen = _wrk if args.loadgen == "wrk" else _aiohttp
-    gen(url, 1.0, args.connections)  # warm-up: connections, caches, JIT-free but still helps
-    runs = [gen(url, args.duration, args.connections) for _ in range(args.repeats)]
-    best = max(runs, key=lambda r: r["rps"])
-    return {**best, "runs_rps": [r["rps"] for r in runs]}
+def _ws(url: str, duration: float, connections: int) -> dict[str, float]:
+    return _child("ws", url, duration, connections)
+
+
+def _measure(url: str, args: argparse.Namespace, gen: Any = None) -> dict[str, float]:
+    return _measure_all({"x": url}, args, gen)["x"]
+
+
+def _measure_all(urls: dict[str, str], args: argparse.Namespace, gen: Any = None) -> dict:
+    """Each target measured ``repeats`` times, runs of the targets alternating; best kept."""
+    gen = gen or (_wrk if args.loadgen == "wrk" else _aiohttp)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+    for url in urls.values():
+        gen(url, 1.0, args.connections)  # warm-up: connections, caches
+    for _ in range(args.repeats):
+        for name, url in urls.items():
+            runs[name].append(gen(url, args.duration, args.connections))
+    out = {}
+    for name, rs in runs.items():
+        best = max(rs, key=lambda r: r["rps"])
+        out[name] = {**best, "runs_rps": [r["rps"] for r in rs]}
+    return out
 
 
 def _ray_calls(actor: Any, duration: float, in_flight: int) -> dict[str, float]:
@@ -184,7 +108,7 @@ def _ray_calls(actor: Any, duration: float, in_flight: int) -> dict[str, float]:
         done += 1
         pending.append(actor.value.remote())
     ray.get(pending)
-    return {"rps": done / (time.perf_counter() - t0), **_percentiles(lat)}
+    return {"rps": done / (time.perf_counter() - t0), **targets.percentiles(lat)}
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -196,18 +120,119 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _plain_process() -> tuple[subprocess.Popen, int]:
+    plain = subprocess.Popen(
+        [sys.executable, "-m", _TARGETS, "plain-server"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return plain, int(plain.stdout.readline())  # type: ignore[union-attr]
+
+
+def _http_suite(args: argparse.Namespace, results: dict, notes: list) -> dict[str, float]:
+    import ray
+
+    import sideband
+
+    plain, port = _plain_process()
+    actor = targets.counter_class().remote()
+    try:
+        urls = {
+            "aiohttp, plain process": f"http://127.0.0.1:{port}/",
+            "sideband actor endpoint": sideband.http.url(actor) + "/",
+        }
+        results.update(_measure_all(urls, args))  # runs alternate: load changes hit both
+        results["Ray call from driver"] = _ray_calls(actor, args.duration, args.connections)
+    finally:
+        plain.terminate()
+        plain.wait(10)
+        ray.kill(actor)
+    if args.skip_serve:
+        notes.append("Ray Serve skipped: --skip-serve")
+    else:
+        try:
+            from ray import serve
+        except ImportError as e:
+            notes.append(f"Ray Serve skipped: {e} (pip install 'ray[serve]')")
+        else:
+            serve_port = _free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+            try:
+                serve.run(
+                    targets.serve_app(args.connections), name="sideband-bench", route_prefix="/"
+                )
+                results["Ray Serve HTTP proxy"] = _measure(f"http://127.0.0.1:{serve_port}/", args)
+            finally:
+                serve.shutdown()
+    ours = results["sideband actor endpoint"]["rps"]
+    checks = {
+        "sideband / plain aiohttp (target >= 0.9)": ours / results["aiohttp, plain process"]["rps"]
+    }
+    if "Ray Serve HTTP proxy" in results:
+        checks["sideband / Ray Serve (target >= 3)"] = ours / results["Ray Serve HTTP proxy"]["rps"]
+    return checks
+
+
+def _ws_suite(args: argparse.Namespace, results: dict, notes: list) -> dict[str, float]:
+    import ray
+
+    import sideband
+
+    plain, port = _plain_process()
+    actor, raw = targets.counter_class().remote(), targets.raw_ws_class().remote()
+    try:
+        urls = {
+            "aiohttp WebSocket, plain process": f"http://127.0.0.1:{port}/ws",
+            "sideband WebSocket endpoint": sideband.http.url(actor) + "/ws",
+            # The control: the same aiohttp code in a Ray worker (nice 15, Ray's threads).
+            "aiohttp WebSocket in a Ray actor": f"http://127.0.0.1:{ray.get(raw.start.remote())}/ws",
+        }
+        results.update(_measure_all(urls, args, _ws))
+    finally:
+        plain.terminate()
+        plain.wait(10)
+        ray.kill(actor)
+        ray.kill(raw)
+    ours = results["sideband WebSocket endpoint"]["rps"]
+    plain_rps = results["aiohttp WebSocket, plain process"]["rps"]
+    actor_rps = results["aiohttp WebSocket in a Ray actor"]["rps"]
+    return {
+        "sideband / plain aiohttp, messages/s (target >= 0.9)": ours / plain_rps,
+        "sideband / aiohttp in a Ray actor, messages/s": ours / actor_rps,
+    }
+
+
+def _metrics_suite(args: argparse.Namespace, results: dict, notes: list) -> dict[str, float]:
+    import ray
+
+    import sideband
+
+    on, off = targets.counter_class("ray").remote(), targets.counter_class(None).remote()
+    try:
+        urls = {
+            "sideband, metrics off": sideband.http.url(off) + "/",
+            "sideband, metrics through Ray": sideband.http.url(on) + "/",
+        }
+        results.update(_measure_all(urls, args))
+    finally:
+        ray.kill(on)
+        ray.kill(off)
+    ratio = (
+        results["sideband, metrics through Ray"]["rps"] / results["sideband, metrics off"]["rps"]
+    )
+    return {"metrics on / off, req/s (target: 1 within noise)": ratio}
+
+
+_SUITES = {"http": _http_suite, "ws": _ws_suite, "metrics": _metrics_suite}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sideband bench endpoints``; prints a table (or JSON) and returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--_plain-server"]:
-        _plain_server()
-        return 0
-    if argv[:1] == ["--_loadgen"]:
-        _aiohttp_loadgen(argv[1], float(argv[2]), int(argv[3]))
-        return 0
     p = argparse.ArgumentParser(
         prog="sideband bench endpoints", description=__doc__.splitlines()[0]
     )
+    p.add_argument("--suite", choices=sorted(_SUITES), default="http", help="what to measure")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     p.add_argument("--repeats", type=int, default=2, help="runs per target (the best is kept)")
     p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
@@ -217,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "aiohttp"
+    if args.suite == "ws":
+        args.loadgen = "aiohttp"  # wrk speaks no WebSocket
 
     import ray
-
-    import sideband
 
     started = False
     if not ray.is_initialized():
@@ -228,71 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         started = True
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    plain = subprocess.Popen(
-        [sys.executable, "-m", "sideband.bench.endpoints", "--_plain-server"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    actor = None
     try:
-        port = int(plain.stdout.readline())  # type: ignore[union-attr]
-        results["aiohttp, plain process"] = _measure(f"http://127.0.0.1:{port}/", args)
-        plain.terminate()
-        plain.wait(10)
-
-        actor = _counter_class().remote()
-        results["sideband actor endpoint"] = _measure(sideband.http.url(actor) + "/", args)
-        results["Ray call from driver"] = _ray_calls(actor, args.duration, args.connections)
-        ray.kill(actor)
-        actor = None
-
-        if args.skip_serve:
-            notes.append("Ray Serve skipped: --skip-serve")
-        else:
-            try:
-                from ray import serve
-            except ImportError as e:
-                notes.append(f"Ray Serve skipped: {e} (pip install 'ray[serve]')")
-            else:
-                serve_port = _free_port()
-                serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-                try:
-                    serve.run(_serve_app(args.connections), name="sideband-bench", route_prefix="/")
-                    results["Ray Serve HTTP proxy"] = _measure(
-                        f"http://127.0.0.1:{serve_port}/", args
-                    )
-                finally:
-                    serve.shutdown()
+        checks = _SUITES[args.suite](args, results, notes)
     finally:
-        if plain.poll() is None:
-            plain.terminate()
-            plain.wait(10)
-        if actor is not None:
-            ray.kill(actor)
         if started:
             ray.shutdown()
-
-    base = results["aiohttp, plain process"]["rps"]
-    ours = results["sideband actor endpoint"]["rps"]
-    checks = {"sideband / plain aiohttp (target >= 0.9)": ours / base}
-    if "Ray Serve HTTP proxy" in results:
-        checks["sideband / Ray Serve (target >= 3)"] = ours / results["Ray Serve HTTP proxy"]["rps"]
     if args.json:
+        report = {"suite": args.suite, "loadgen": args.loadgen, "connections": args.connections}
         print(
-            json.dumps(
-                {
-                    "loadgen": args.loadgen,
-                    "connections": args.connections,
-                    "results": results,
-                    "ratios": checks,
-                    "notes": notes,
-                },
-                indent=2,
-            )
+            json.dumps({**report, "results": results, "ratios": checks, "notes": notes}, indent=2)
         )
         return 0
     from sideband._table import render
 
+    base = next(iter(results.values()))["rps"]
+    unit = "msg/s" if args.suite == "ws" else "req/s"
     rows = [
         [
             name,
@@ -304,14 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in results.items()
     ]
     print(
-        f"GET / on loopback, load generator {args.loadgen} in another process, "
+        f"suite {args.suite} on loopback, load generator {args.loadgen} in another process, "
         f"{args.connections} connections, {args.duration:g} s x {args.repeats} (best), "
         f"{os.cpu_count()} cores"
     )
-    print(render(["target", "req/s", "p50 ms", "p99 ms", "x aiohttp"], rows))
-    print(
-        "Ray call: p50/p99 of sequential ray.get; req/s with", args.connections, "calls in flight"
-    )
+    print(render(["target", unit, "p50 ms", "p99 ms", "x first"], rows))
+    if args.suite == "http":
+        print(
+            "Ray call: p50/p99 of sequential ray.get; req/s with",
+            args.connections,
+            "calls in flight",
+        )
     for name, ratio in checks.items():
         print(f"{name}: {ratio:.2f}")
     for n in notes:

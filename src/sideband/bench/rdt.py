@@ -68,10 +68,10 @@ def _actor_class() -> Any:
 
     sideband.rdt.register()
 
-    @ray.remote(num_cpus=0, enable_tensor_transport=True)
+    @ray.remote(num_cpus=0, enable_tensor_transport=True)  # type: ignore[call-overload]
     class Peer:
         def __init__(self) -> None:
-            self.cache: dict[int, Any] = {}
+            self.cache: dict[tuple[int, bool], Any] = {}
 
         def _tensor(self, nbytes: int, shm: bool = False) -> Any:
             import torch

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sideband.endpoint import addresses, generic_proto
 from sideband.endpoint import auth as _auth
-from sideband.endpoint import generic_proto
 from sideband.endpoint import host as _host
-from sideband.endpoint.http import _ports
 from sideband.endpoint.params import Binder, FieldError
 from sideband.endpoint.status import dumps, grpc_code_name
+from sideband.endpoint.typeinfo import collect_hints, remember
 from sideband.errors import EndpointStartError, MissingExtraError
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -64,6 +64,7 @@ class GrpcSpec:
     drain_timeout_s: float
     protocol: str = "grpc"
     callable_methods: list[str] = field(default_factory=list)
+    hints: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
     def prepare(self, cls: type) -> None:
         if self.methods is not None:
@@ -82,13 +83,16 @@ class GrpcSpec:
                 }
             )
         for name in names:
+            fn = inspect.unwrap(getattr(cls, name))
+            collect_hints(fn, self.hints)  # resolved here: see convert.collect_hints
             try:
-                Binder(inspect.unwrap(getattr(cls, name)))
+                Binder(fn)
             except TypeError:
                 continue  # e.g. *args: not callable with JSON keyword arguments
             self.callable_methods.append(name)
 
     async def start(self, host: _host.Host) -> GrpcServer:
+        remember(self.hints)
         server = GrpcServer(self, host)
         await server.start()
         return server
@@ -128,7 +132,7 @@ def expose(
         )
     spec = GrpcSpec(
         host=host,
-        ports=_ports(port),
+        ports=addresses.ports(port),
         auth=auth,
         token=token,
         servicers=list(servicers),
@@ -330,9 +334,9 @@ class GrpcServer:
         await server.start()
         for name in ("", *self.services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        from sideband.endpoint.http import _url, advertised_host
-
-        self.url = _url("grpcs" if creds else "grpc", advertised_host(spec.host), port)
+        self.url = addresses.url(
+            "grpcs" if creds else "grpc", addresses.advertised_host(spec.host), port
+        )
         self.extra = {
             "port": port,
             "bind_host": spec.host,
@@ -355,7 +359,8 @@ class GrpcServer:
         request_cls, reply_cls = generic_proto.messages()
         host = self.host
         binders = {
-            name: Binder(inspect.unwrap(getattr(type(host.instance), name)))
+            # Keyword arguments by name: FastAPI's lone-model-is-the-body rule is HTTP's only.
+            name: Binder(inspect.unwrap(getattr(type(host.instance), name)), model_body=False)
             for name in self.spec.callable_methods
         }
 
@@ -372,8 +377,12 @@ class GrpcServer:
                 if not isinstance(body, dict):
                     raise FieldError("kwargs_json", "must be a JSON object of named arguments")
                 kwargs = binder.bind(body=body)  # type: ignore[union-attr]
-            except (FieldError, ValueError) as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except (FieldError, ValueError, RecursionError) as e:
+                # RecursionError: JSON nested deeper than the parser can follow.
+                msg = (
+                    "kwargs_json is nested too deeply" if isinstance(e, RecursionError) else str(e)
+                )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg)
             try:
                 result = await host.call(host.method(request.method), kwargs)
                 return reply_cls(result_json=dumps(result).decode())

@@ -221,7 +221,8 @@ def _max_concurrency() -> int:
         import ray
 
         return max(
-            1, int(ray._private.worker.global_worker.core_worker.current_actor_max_concurrency())
+            1,
+            int(ray._private.worker.global_worker.core_worker.current_actor_max_concurrency()),  # type: ignore[attr-defined]
         )
     except Exception:
         return 1
@@ -291,7 +292,7 @@ def _start(self: Any, host: Host) -> Any:
 
 
 def _wrap_init(cls: type, is_async: bool) -> None:
-    user_init = cls.__init__
+    user_init = cls.__init__  # type: ignore[misc]
     if not inspect.isfunction(inspect.unwrap(user_init)):
         # No __init__ of its own (object.__init__): Ray's tracing cannot annotate a builtin.
         def user_init(self: Any) -> None:
@@ -331,7 +332,7 @@ def _wrap_init(cls: type, is_async: bool) -> None:
                 raise
             host.register()
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__init__ = __init__  # type: ignore[method-assign,misc]
 
 
 def _wrap_shutdown(cls: type) -> None:

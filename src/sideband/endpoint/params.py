@@ -1,38 +1,44 @@
 """Map request data (path, query, JSON body) onto a method's parameters, by name and type.
 
-Shared by HTTP routes and the generic gRPC call. A bad or missing field raises
-:class:`FieldError`, which the servers turn into 422 / INVALID_ARGUMENT naming the field.
+Shared by HTTP routes, WebSockets and the generic gRPC call. Every field is checked and all bad
+ones are reported together in one :class:`FieldError`, which the servers turn into 422
+(``{"detail": [...]}``) / INVALID_ARGUMENT. Conversion rules live in
+:mod:`sideband.endpoint.convert`.
+
+FastAPI's body rule: when exactly one parameter is a model (a dataclass or a pydantic model), the
+JSON body *is* that model, and the other parameters come from the path and the query. Otherwise
+the body's keys are parameter names, like the query's.
 """
 
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+from sideband.endpoint.convert import convert
+from sideband.endpoint.typeinfo import (
+    MISSING,
+    FieldError,
+    Param,
+    hints_of,
+    is_model,
+    is_union,
+    unwrap,
+)
 
-
-class FieldError(Exception):
-    """One request field is missing, unknown or of the wrong type."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+__all__ = ["Binder", "FieldError", "Param", "Parameter", "convert", "type_name"]
 
 
 @dataclass(frozen=True)
-class Param:
+class Parameter:
     name: str
     annotation: Any
     required: bool
     default: Any
-    source: str  # "path", "query/body" or "request"
+    source: str  # "path", "query/body", "body" (the whole body) or "request"
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -51,9 +57,10 @@ def _jsonable(v: Any) -> bool:
 
 
 def type_name(tp: Any) -> str:
+    tp, _ = unwrap(tp)
     if tp is inspect.Parameter.empty or tp is Any:
         return "any"
-    if isinstance(tp, type):
+    if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__name__
     return str(tp).replace("typing.", "")
 
@@ -62,24 +69,43 @@ def _is_request_type(tp: Any) -> bool:
     try:
         from aiohttp import web
 
-        return isinstance(tp, type) and issubclass(tp, web.BaseRequest)
+        return isinstance(tp, type) and issubclass(tp, (web.BaseRequest, web.WebSocketResponse))
     except Exception:
         return False
+
+
+def is_list(tp: Any) -> bool:
+    """``list``/``tuple``/``set`` of anything, or a union with one (``list[int] | None``)."""
+    tp, _ = unwrap(tp)
+    if tp in (list, tuple, set, frozenset) or typing.get_origin(tp) in (
+        list,
+        tuple,
+        set,
+        frozenset,
+    ):
+        return True
+    if is_union(tp):
+        return any(is_list(a) for a in typing.get_args(tp))
+    return False
 
 
 class Binder:
     """The parameters of one method and how to fill them from a request."""
 
-    def __init__(self, fn: Callable[..., Any], path_params: set[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        path_params: set[str] = frozenset(),  # type: ignore[assignment]
+        special: tuple[str, ...] = ("request",),
+        model_body: bool = True,
+    ) -> None:
         sig = inspect.signature(fn)
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:
-            # Unresolvable string annotations: fall back to no conversion rather than failing.
-            hints = {}
-        self.params: dict[str, Param] = {}
+        # Unresolvable string annotations: no conversion rather than failing.
+        hints = hints_of(fn)
+        self.params: dict[str, Parameter] = {}
         self.var_kw = False
         self.request_param: str | None = None
+        self.returns = hints.get("return", sig.return_annotation)
         names = list(sig.parameters)
         for i, (name, p) in enumerate(sig.parameters.items()):
             if (i == 0 and name == "self") or name.startswith("_ray_"):
@@ -92,48 +118,103 @@ class Binder:
                     f"{fn.__qualname__}: *args and positional-only parameters cannot be mapped from a request"
                 )
             ann = hints.get(name, p.annotation)
-            if name == "request" or _is_request_type(ann):
+            if name in special or _is_request_type(ann):
                 self.request_param = name
                 continue
             src = "path" if name in path_params else "query/body"
             required = p.default is p.empty
-            self.params[name] = Param(name, ann, required, None if required else p.default, src)
+            self.params[name] = Parameter(name, ann, required, None if required else p.default, src)
         missing = set(path_params) - set(names)
         if missing and not self.var_kw:
             raise TypeError(
                 f"{fn.__qualname__}: path parameter(s) {sorted(missing)} are not parameters of the method"
             )
+        models = [p for p in self.params.values() if p.source != "path" and is_model(p.annotation)]
+        self.body_param: str | None = None
+        if model_body and len(models) == 1:
+            m = models[0]
+            self.body_param = m.name
+            self.params[m.name] = Parameter(m.name, m.annotation, m.required, m.default, "body")
         self.needs_nothing = not self.params and not self.var_kw and self.request_param is None
 
     def bind(
         self,
         path: Mapping[str, str] | None = None,
         query: Any = None,
-        body: Mapping[str, Any] | None = None,
+        body: Any = None,
         request: Any = None,
     ) -> dict[str, Any]:
-        """Build the keyword arguments; text (path, query) is converted, JSON kept as sent."""
+        """Build the keyword arguments; text (path, query) is converted, JSON kept as sent.
+
+        Raises :class:`FieldError` listing every bad field (``loc`` starts with its source).
+        """
         kwargs: dict[str, Any] = {}
-        for source, values, text in ((path, path, True), (query, query, True), (body, body, False)):
+        errors: list[FieldError] = []
+        seen: set[str] = set()
+        body_model = self.body_param
+        if body_model is not None:
+            p = self.params[body_model]
+            if body is not None:
+                try:
+                    kwargs[body_model] = convert(body, p.annotation, body_model, False, ("body",))
+                except FieldError as e:
+                    errors.append(e)
+            elif p.required:
+                errors.append(FieldError(body_model, "field required", "missing", loc=("body",)))
+            body = None
+        elif body is not None and not isinstance(body, Mapping):
+            raise FieldError(
+                "body",
+                "the JSON body must be an object of named arguments",
+                "dict_type",
+                loc=("body",),
+            )
+        for where, values, text in (
+            ("path", path, True),
+            ("query", query, True),
+            ("body", body, False),
+        ):
             if not values:
                 continue
             for name in dict.fromkeys(values):  # a query's keys repeat in some multidicts
-                p = self.params.get(name)
-                if p is None and not self.var_kw:
-                    raise FieldError(name, "unknown field")
+                known = self.params.get(name)
+                loc = (where, name)
+                if (known is None and not self.var_kw) or (
+                    known is not None and known.source == "body"
+                ):
+                    errors.append(
+                        FieldError(
+                            name, "unknown field", "extra_forbidden", _input(values, name), loc
+                        )
+                    )
+                    continue
                 if name in kwargs:
-                    raise FieldError(name, "given twice (in more than one of path, query, body)")
-                if text and source is query:
-                    raw = query.getall(name) if hasattr(query, "getall") else [query[name]]
-                    ann = p.annotation if p else Any
-                    value = raw if _is_list(ann) else raw[-1]
+                    errors.append(
+                        FieldError(
+                            name,
+                            "given twice (in more than one of path, query, body)",
+                            "value_error",
+                            loc=loc,
+                        )
+                    )
+                    continue
+                seen.add(name)
+                ann = known.annotation if known else Any
+                if text and where == "query":
+                    raw = values.getall(name) if hasattr(values, "getall") else [values[name]]
+                    value = raw if is_list(ann) else raw[-1]
                 else:
                     value = values[name]
-                kwargs[name] = convert(value, p.annotation if p else Any, name, text)
+                try:
+                    kwargs[name] = convert(value, ann, name, text, loc)
+                except FieldError as e:
+                    errors.append(e)
         for name, p in self.params.items():
-            if name not in kwargs:
-                if p.required:
-                    raise FieldError(name, "field required")
+            if name not in seen and p.required and p.source != "body":
+                where = "path" if p.source == "path" else ("body" if body else "query")
+                errors.append(FieldError(name, "field required", "missing", loc=(where, name)))
+        if errors:
+            raise errors[0] if len(errors) == 1 else FieldError("", "", errors=errors)
         if self.request_param is not None:
             kwargs[self.request_param] = request
         return kwargs
@@ -142,89 +223,9 @@ class Binder:
         return [p.describe() for p in self.params.values()]
 
 
-def _is_list(tp: Any) -> bool:
-    """``list``, ``list[T]``, or a union with one of them (``list[int] | None``)."""
-    if tp is list or typing.get_origin(tp) is list:
-        return True
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        return any(_is_list(a) for a in typing.get_args(tp))
-    return False
-
-
-def convert(value: Any, tp: Any, field: str, text: bool) -> Any:
-    """Convert ``value`` to annotation ``tp``; ``text`` when it came from the URL (a string)."""
-    if tp is inspect.Parameter.empty or tp is Any or tp is object:
-        return value
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return convert(value, arg, field, text)
-            except FieldError as e:
-                errors.append(e.message)
-        raise FieldError(field, "; ".join(errors))
-    if origin is typing.Literal:
-        for choice in typing.get_args(tp):
-            try:
-                if convert(value, type(choice), field, text) == choice:
-                    return choice
-            except FieldError:
-                pass
-        raise FieldError(field, f"must be one of {list(typing.get_args(tp))}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise FieldError(field, f"expected a boolean, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise FieldError(field, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise FieldError(field, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise FieldError(field, f"expected a string, got {value!r}")
-    if tp is bytes:
-        if isinstance(value, str):
-            return value.encode()
-        raise FieldError(field, f"expected a string, got {value!r}")
-    if _is_list(tp):
-        if isinstance(value, str) and text:
-            value = [value]
-        if not isinstance(value, list):
-            raise FieldError(field, f"expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [convert(v, item_tp, f"{field}[{i}]", text) for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise FieldError(field, f"expected an object, got {value!r}")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise FieldError(field, f"expected {tp.__name__}, got {value!r}")
-    return value
+def _input(values: Any, name: str) -> Any:
+    try:
+        v = values[name]
+    except Exception:
+        return MISSING
+    return v if isinstance(v, (str, int, float, bool, type(None))) else MISSING

@@ -115,7 +115,7 @@ def lookup(
         if state == "DEAD":
             if entry is not None:
                 _kv.delete(key(actor_id, protocol))
-            cause = _death_cause(info)
+            cause = _death_cause(info or {})
             raise EndpointNotFoundError(
                 f"actor {actor_id} is dead, so its {protocol} endpoint is gone ({cause}). "
                 "Create a new actor, or use max_restarts for one that comes back."

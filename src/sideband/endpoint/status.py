@@ -1,21 +1,19 @@
-"""Which HTTP status / gRPC code an exception raised by an actor method becomes.
+"""Which gRPC code an exception raised by an actor method becomes, and JSON encoding of results.
 
-The mapping is by builtin type so that ordinary Python code gets sensible answers without
-knowing about HTTP: a ValueError is the caller's fault (400), a LookupError a missing thing (404).
+gRPC maps by builtin type so that ordinary Python code gets sensible codes (a ValueError is
+INVALID_ARGUMENT). HTTP does not: there an uncaught exception is a bug in the handler (500), and
+``sideband.http.HTTPError(status, detail)`` chooses any other status, as in FastAPI.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import decimal
+import enum
 import json
+import uuid
 from typing import Any
-
-_HTTP = (
-    (PermissionError, 403),
-    (NotImplementedError, 501),
-    (TimeoutError, 504),
-    (LookupError, 404),
-    (ValueError, 400),
-)
 
 _GRPC = (
     (PermissionError, "PERMISSION_DENIED"),
@@ -24,13 +22,6 @@ _GRPC = (
     (LookupError, "NOT_FOUND"),
     (ValueError, "INVALID_ARGUMENT"),
 )
-
-
-def http_status(exc: BaseException) -> int:
-    for tp, status in _HTTP:
-        if isinstance(exc, tp):
-            return status
-    return 500
 
 
 def grpc_code_name(exc: BaseException) -> str:
@@ -46,6 +37,21 @@ def _default(o: Any) -> Any:
         return o.tolist()
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
+    if isinstance(o, enum.Enum):
+        return o.value
+    if isinstance(o, (dt.datetime, dt.date, dt.time)):
+        return o.isoformat()
+    if isinstance(o, dt.timedelta):
+        return o.total_seconds()
+    if isinstance(o, (uuid.UUID, decimal.Decimal)):
+        return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    dump = getattr(o, "model_dump", None)  # pydantic models
+    if callable(dump):
+        return dump(mode="json")
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 

@@ -75,11 +75,11 @@ def empty(shape: Any, dtype: Any = None, *, numpy: bool = False) -> Any:
 
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     if numpy:
-        dt = np.dtype(dtype or np.float32)
-        return arrays.typed_np(pool.owned(math.prod(dims) * dt.itemsize), dims, dt)
+        np_dt = np.dtype(dtype or np.float32)
+        return arrays.typed_np(pool.owned(math.prod(dims) * np_dt.itemsize), dims, np_dt)
     import torch
 
-    dt = dtype or torch.get_default_dtype()
+    dt: Any = dtype or torch.get_default_dtype()
     nbytes = math.prod(dims) * torch.empty((), dtype=dt).element_size()
     return arrays.typed_t(pool.owned(nbytes), dims, dt)
 

@@ -173,6 +173,6 @@ def owned(nbytes: int) -> np.ndarray:
     block = POOL.alloc(nbytes)
     # A base of its own (not a view of the block's array), so that the finalizer sees exactly
     # the lifetime of the arrays built over it.
-    owner = np.frombuffer(memoryview(block.buf)[:nbytes], np.uint8)
+    owner = np.frombuffer(block.buf.data[:nbytes], np.uint8)
     weakref.finalize(owner, POOL.free, block)
     return owner

@@ -84,7 +84,7 @@ class _Server:
             _count_serving(1)
             try:
                 for off, size in zip(ex.offsets, ex.sizes):
-                    conn.sendall(memoryview(ex.block.buf)[off : off + size])
+                    conn.sendall(ex.block.buf.data[off : off + size])
             finally:
                 _count_serving(-1)
         except (OSError, ValueError, struct.error):
@@ -203,7 +203,7 @@ def pull(
         if total != sum(dst.size for _, dst in parts):
             raise CollectiveError(f"{where} sent {total} bytes for object {obj_id}, not the size")
         for _off, dst in parts:
-            view, got = memoryview(dst), 0
+            view, got = dst.data, 0
             while got < dst.size:
                 check()
                 sock.settimeout(left())

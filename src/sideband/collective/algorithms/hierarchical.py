@@ -95,7 +95,7 @@ def _allreduce_2d_pipelined(op: Op, x: np.ndarray, reduce: Reducer, per: int) ->
     assert h.cross is not None  # uniform hosts: the caller checked
     cross = op.sub(h.cross)
     # The helper has scratch of its own: the phases here reuse "piece" and friends meanwhile.
-    cross.scratch = lambda key, nbytes: op.scratch("x-" + key, nbytes)  # type: ignore[misc]
+    cross.scratch = lambda key, nbytes: op.scratch("x-" + key, nbytes)
     pool = op.plan.pipeline_pool()
     parts = pieces(0, x.size, per)
 
