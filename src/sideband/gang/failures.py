@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,11 @@ class FailureWatch:
         deadline: float | None,
         what: str,
         ranked: bool = True,
+        on_result: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:
         """ray.get on ``refs``, failing as soon as one member fails (no polling: ray.wait blocks
-        until a result or a member death arrives)."""
+        until a result or a member death arrives). ``on_result(i, result)`` runs on the driver
+        as each result arrives."""
         import ray
 
         index = {ref: i for i, ref in enumerate(refs)}
@@ -74,6 +77,8 @@ class FailureWatch:
                 raise self._timeout_error(what, [ranks[index[r]] for r in pending], ranked)
             for ref in done:
                 self._collect(ref, ranks[index[ref]], results, index[ref], failures, ranked)
+                if on_result is not None and not failures:
+                    on_result(index[ref], results[index[ref]])
         if failures and pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=_FAILURE_GRACE_S)
             for ref in done:
@@ -139,11 +144,11 @@ class FailureWatch:
             "Gang(max_restarts=k) does it automatically."
         )
         cls = GangSetupError if what not in ("fn", "watch") else GangMemberError
-        err = cls("\n".join(lines))
-        err.rank = first.rank  # type: ignore[attr-defined]
-        err.node = first.node  # type: ignore[attr-defined]
-        err.remote_traceback = first.remote_traceback  # type: ignore[attr-defined]
-        err.died = first.died  # type: ignore[attr-defined]
+        err: Any = cls("\n".join(lines))  # which member, where, how: set on either class
+        err.rank = first.rank
+        err.node = first.node
+        err.remote_traceback = first.remote_traceback
+        err.died = first.died
         self._failure = err
         return err
 

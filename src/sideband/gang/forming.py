@@ -7,16 +7,20 @@ clear error with nothing left behind); it uses the gang's options and its failur
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sideband.errors import GangError, GangSetupError
 from sideband.gang import checkpoint as _checkpoint
 from sideband.gang.contract import GangContext
+from sideband.gang.failures import Failure
 from sideband.gang.member import WATCH_GROUP, GangMember
 from sideband.gang.placement import _ip_key, actor_options, check_feasible, order_members
 from sideband.gang.progress import Progress
-from sideband.gang.setup import GangPlan, is_addr_in_use
+from sideband.gang.resources import Resources
+from sideband.gang.setup import GangPlan, Setup, is_addr_in_use, leads
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,43 @@ def _predicted_ranks(pg: Any, n: int) -> list[int]:
 
 class Former:
     """Mixin: ``_ensure_formed``, ``_form`` (with the EADDRINUSE retry) and ``_form_once``."""
+
+    # Set by Gang.__init__ (the gang's state that forming reads and writes).
+    name: str
+    num_workers: int
+    strategy: str
+    timeout_s: float
+    _lock: threading.RLock
+    _state: str
+    _attempt: int
+    _generation: int
+    _res: Resources
+    _bundle: dict[str, float]
+    _setup_cls: type[Setup]
+    _setup_options: dict[str, Any]
+    _actor_options: dict[str, Any]
+    _fail_fast: bool
+    _progress: Any
+    _infos: list[dict[str, Any]]
+    _ctxs: list[GangContext]
+    _failure: GangError | None
+    _watch_root: Failure | None
+
+    if TYPE_CHECKING:  # provided by Gang and FailureWatch
+
+        def _set_state(self, state: str, **extra: Any) -> None: ...
+
+        def _start_watch(self, members: list[Any]) -> None: ...
+
+        def _gather(
+            self,
+            refs: list[Any],
+            ranks: list[int],
+            deadline: float | None,
+            what: str,
+            ranked: bool = True,
+            on_result: Callable[[int, Any], None] | None = None,
+        ) -> list[Any]: ...
 
     def _ensure_formed(self) -> None:
         with self._lock:
@@ -82,9 +123,12 @@ class Former:
         self._set_state("forming")
         progress = Progress(self.name, self._progress)
         self.formation_times = progress.times
+        driver_setup = self._setup_cls()
+        self._res.driver_setup = driver_setup
         with progress.step(f"placement of {n} x {self._bundle} ({self.strategy})"):
             if self._fail_fast:
                 check_feasible(self.name, n, self._bundle, self.strategy)
+            driver_setup.warm_up(dict(self._setup_options))  # e.g. a driver JVM, beside placement
             pg = placement_group([dict(self._bundle) for _ in range(n)], strategy=self.strategy)
             self._res.pg = pg
             ready, _ = ray.wait([pg.ready()], timeout=self.timeout_s)
@@ -97,7 +141,7 @@ class Former:
                 )
 
         with progress.step(f"start {n} members"):
-            cls = ray.remote(concurrency_groups={WATCH_GROUP: 1})(GangMember)
+            cls = ray.remote(concurrency_groups={WATCH_GROUP: 1})(GangMember)  # type: ignore[call-overload]
             opts: dict[str, Any] = {
                 **self._actor_options,
                 **actor_options(self._bundle),
@@ -110,10 +154,10 @@ class Former:
                 where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
                 try:
                     m = cls.options(**opts, name=labels[i], scheduling_strategy=where)
-                    members.append(m.remote(labels[i]))
+                    members.append(m.remote(labels[i], self._setup_cls.preload))
                 except ValueError:  # the name is still held by a member Ray is killing
                     m = cls.options(**opts, scheduling_strategy=where)
-                    members.append(m.remote(labels[i]))
+                    members.append(m.remote(labels[i], self._setup_cls.preload))
                 self._res.members = members
             infos = self._gather(
                 [m.info.remote() for m in members], list(range(n)), deadline, "start", ranked=False
@@ -150,8 +194,6 @@ class Former:
             bundle=dict(self._bundle),
             options=dict(self._setup_options),
         )
-        driver_setup = self._setup_cls()
-        self._res.driver_setup = driver_setup
         options = {**driver_setup.prepare(plan), **self._setup_options}
         ckpt = _checkpoint.load(self.name) if self._attempt > 0 else None
         ctxs: list[GangContext] = []
@@ -176,12 +218,25 @@ class Former:
         self._set_state("forming", master=f"{master_addr}:{master_port}")
         what = f"{self._setup_cls.name} setup"
         with progress.step(what):
-            results = self._gather(
-                [m.setup.remote(ctx, self._setup_cls, options) for m, ctx in zip(members, ctxs)],
-                list(range(n)),
-                deadline,
-                what,
-            )
+            refs, ranks, on_result = [], list(range(n)), None
+            lead = leads(self._setup_cls)
+            if lead:
+                # Rank 0 leads (e.g. starts a server); the driver hears of it at once, while
+                # the other members' setups already run.
+                refs.append(members[0].lead.remote(ctxs[0], self._setup_cls, options))
+                ranks.insert(0, 0)
+
+                def on_result(i: int, result: Any) -> None:
+                    if i == 0:
+                        driver_setup.led(result)
+
+            refs += [
+                m.setup.remote(ctx, self._setup_cls, options, lead and ctx.rank == 0)
+                for m, ctx in zip(members, ctxs)
+            ]
+            results = self._gather(refs, ranks, deadline, what, on_result=on_result)
+            if lead:
+                results = results[1:]
             try:
                 driver_setup.ready([r["result"] for r in results])
             except GangError:

@@ -3,21 +3,115 @@
 Each JVM gets ``PR_SET_PDEATHSIG=SIGKILL`` (Linux): when the member process dies, however it
 dies, the kernel kills the JVM too (``spark-class`` ends in ``exec java``, which keeps it). Its
 output is read by a thread that spots readiness lines and keeps the last lines for error reports.
+
+``spark-class`` first runs a launcher JVM only to print the real ``java`` command line;
+:func:`spark_command` asks that launcher once per driver process (per Spark home and class), so
+members exec ``java`` directly and each daemon costs one JVM start, not two.
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 
 _PR_SET_PDEATHSIG = 1
+# spark-class without its last step: load Spark's env (SPARK_SCALA_VERSION, spark-env.sh), keep
+# it (a worker's executors need it too), then print the command instead of exec'ing it.
+_LAUNCHER = (
+    '. "$SPARK_HOME/bin/load-spark-env.sh" && env -0 > "$SIDEBAND_SPARK_ENV" && '
+    'exec "${JAVA_HOME:+$JAVA_HOME/bin/}java" -Xmx128m $SPARK_LAUNCHER_OPTS '
+    '-cp "$SPARK_HOME/jars/*" org.apache.spark.launcher.Main "$@"'
+)
+#: Stands for a member's own SPARK_CONF_DIR in a command computed on the driver.
+CONF_DIR_MARK = "/nonexistent/sideband-spark-conf"
+_ENV_KEYS = (
+    "JAVA_HOME",
+    "SPARK_DAEMON_MEMORY",
+    "SPARK_DAEMON_JAVA_OPTS",
+    "SPARK_DAEMON_CLASSPATH",
+    "SPARK_LAUNCHER_OPTS",
+    "SPARK_MASTER_OPTS",
+    "SPARK_WORKER_OPTS",
+)
+_SHELL_VARS = ("SPARK_CONF_DIR", "SPARK_HOME", "_", "SHLVL", "PWD", "OLDPWD")
+_MASTER = "org.apache.spark.deploy.master.Master"
+_WORKER = "org.apache.spark.deploy.worker.Worker"
+
+
+Command = tuple[list[str], dict[str, str]]
+
+
+def spark_command(spark_home: str, main_class: str, env: dict[str, str]) -> Command | None:
+    """The ``java`` argv ``spark-class main_class`` would exec, with :data:`CONF_DIR_MARK` for
+    the conf dir, and the variables Spark's env script adds; None if the launcher fails (callers
+    fall back to ``spark-class``)."""
+    key = tuple((k, env.get(k, os.environ.get(k, ""))) for k in _ENV_KEYS)
+    if (
+        main_class == _MASTER
+        and not dict(key)["SPARK_MASTER_OPTS"] + dict(key)["SPARK_WORKER_OPTS"]
+    ):
+        # Master and Worker get the same daemon command but for their own *_OPTS: one launch.
+        worker = _spark_command(spark_home, _WORKER, key)
+        return (worker[0][:-1] + [_MASTER], worker[1]) if worker else None
+    return _spark_command(spark_home, main_class, key)
+
+
+@functools.lru_cache(maxsize=16)
+def _spark_command(
+    spark_home: str, main_class: str, env_key: tuple[tuple[str, str], ...]
+) -> Command | None:
+    env = {**os.environ, **dict(env_key), "SPARK_HOME": spark_home}
+    env["SPARK_CONF_DIR"] = CONF_DIR_MARK
+    env.pop("SPARK_ENV_LOADED", None)
+    for k, v in env_key:
+        if not v:
+            env.pop(k, None)
+    with tempfile.NamedTemporaryFile(prefix="sideband-spark-env-") as env_file:
+        env["SIDEBAND_SPARK_ENV"] = env_file.name
+        try:
+            out = subprocess.run(
+                ["bash", "-c", _LAUNCHER, "spark-launcher", main_class],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        loaded = env_file.read().split(b"\0")
+    # The launcher prints "\0\n", then every argument NUL-terminated.
+    if out.returncode != 0 or b"\0\n" not in out.stdout:
+        return None
+    argv = [a.decode() for a in out.stdout.split(b"\0\n", 1)[1].split(b"\0")]
+    while argv and not argv[-1]:
+        argv.pop()
+    if not argv or argv[-1] != main_class:
+        return None
+    added = {}
+    for item in loaded:
+        k, sep, v = item.decode(errors="replace").partition("=")
+        if sep and env.get(k) != v and k not in _SHELL_VARS:
+            added[k] = v
+    return argv, added
+
+
+def member_command(
+    command: Command | None, conf_dir: str, spark_class: str, main_class: str
+) -> tuple[list[str], dict[str, str]]:
+    """A driver-computed command for this member (its own conf dir) and the env it needs, or
+    ``spark-class`` when there is none or its ``java`` does not exist on this node."""
+    if command and os.access(command[0][0], os.X_OK):
+        return [a.replace(CONF_DIR_MARK, conf_dir) for a in command[0]], dict(command[1])
+    return [spark_class, main_class], {}
 
 
 def _die_with_parent() -> None:

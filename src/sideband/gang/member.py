@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
@@ -26,13 +27,19 @@ class GangMember:
     ``label`` (``<gang>-rank<r>``) is its ``repr``, which Ray uses in log prefixes.
     """
 
-    def __init__(self, label: str = "") -> None:
+    def __init__(self, label: str = "", preload: tuple[str, ...] = ()) -> None:
         self._label = label
         self._socket: socket.socket | None = None
         self._ctx: GangContext | None = None
         self._setup: Setup | None = None
         self._node_ip = ""
         self._stopped = threading.Event()
+        self._lead_done = threading.Event()
+        self._lead_error: GangMemberError | None = None
+        if preload:
+            # The library's import overlaps the rest of the formation; setup's own import of
+            # the same module waits on the import lock instead of importing it twice.
+            threading.Thread(target=_preload, args=(preload,), daemon=True).start()
 
     def __repr__(self) -> str:
         return self._label or "GangMember"
@@ -72,14 +79,37 @@ class GangMember:
         self._socket = sock
         return sock.getsockname()[1]
 
-    def setup(
-        self, ctx: GangContext, setup_cls: type[Setup], options: dict[str, Any]
-    ) -> dict[str, Any]:
+    def lead(self, ctx: GangContext, setup_cls: type[Setup], options: dict[str, Any]) -> Any:
+        """Rank 0's :meth:`Setup.lead`, sent before its :meth:`setup` (which waits for it)."""
         self._ctx = ctx
         sock, self._socket = self._socket, None
         try:
             _context._install(ctx)
             self._setup = setup_cls()
+            return self._setup.lead(ctx, sock, options)
+        except BaseException as e:
+            self._lead_error = self._error("lead", e)
+            raise self._lead_error from None
+        finally:
+            self._lead_done.set()
+
+    def setup(
+        self,
+        ctx: GangContext,
+        setup_cls: type[Setup],
+        options: dict[str, Any],
+        after_lead: bool = False,
+    ) -> dict[str, Any]:
+        if after_lead:  # with max_concurrency > 1 the two calls may overlap: keep their order
+            self._lead_done.wait()
+            if self._lead_error is not None:
+                raise self._lead_error
+        self._ctx = ctx
+        sock, self._socket = self._socket, None
+        try:
+            _context._install(ctx)
+            if self._setup is None or not after_lead:
+                self._setup = setup_cls()
             result = self._setup.setup(ctx, sock, options)
         except BaseException as e:
             raise self._error("setup", e) from None
@@ -139,6 +169,14 @@ class GangMember:
             node=self._node_ip,
             remote_traceback=tb,
         )
+
+
+def _preload(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # setup imports it again and reports a missing extra properly
+            pass
 
 
 def save_checkpoint(state: Any) -> None:

@@ -50,8 +50,15 @@ class Setup:
     #: Whether rank 0's MASTER_PORT socket is listening when handed over (for libraries that
     #: take the socket itself); otherwise it is only bound, so early peers are refused and retry.
     listen_master = False
+    #: Modules every member imports in a background thread as soon as it starts, so the import
+    #: overlaps the rest of the formation instead of opening :meth:`setup`.
+    preload: tuple[str, ...] = ()
 
     # --- driver side ---------------------------------------------------------------------------
+    def warm_up(self, options: dict[str, Any]) -> None:
+        """Runs on the driver when the gang starts forming, before placement (``options``: the
+        gang's setup_options): begin slow driver-side work (a JVM) that later steps wait for."""
+
     def prepare(self, plan: GangPlan) -> dict[str, Any]:
         """Runs on the driver before members set up; returns options sent to every member."""
         return {}
@@ -59,6 +66,10 @@ class Setup:
     def ready(self, results: list[Any]) -> None:
         """Runs on the driver once every member set up; ``results`` are what each member's
         :meth:`setup` returned, in rank order (e.g. to connect a driver-side client)."""
+
+    def led(self, result: Any) -> None:
+        """Runs on the driver as soon as rank 0's :meth:`lead` returned ``result``, while the
+        members' :meth:`setup` still run (e.g. connect a client to the server rank 0 started)."""
 
     def client(self) -> Any:
         """The driver-side handle of the library (a SparkSession, a Dask Client), or None."""
@@ -87,6 +98,15 @@ class Setup:
         if master_socket is not None:
             master_socket.close()
 
+    def lead(
+        self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
+    ) -> Any:
+        """Optional first step on rank 0 alone (a subclass that overrides it gets it called):
+        it runs before rank 0's :meth:`setup` but while the other members' setups already run,
+        and takes rank 0's ``master_socket``; what it returns reaches the driver's :meth:`led`
+        at once. For a library whose server the driver can use before every member is up."""
+        return None
+
     def before_run(self, ctx: GangContext) -> None:
         """Runs in every member before each ``fn``."""
 
@@ -99,6 +119,11 @@ class Setup:
 
     def teardown(self, ctx: GangContext) -> None:
         """Undo :meth:`setup`; the gang bounds it with a timeout, then kills the member."""
+
+
+def leads(setup_cls: type[Setup]) -> bool:
+    """Whether a setup class has a :meth:`Setup.lead` step of its own."""
+    return setup_cls.lead is not Setup.lead
 
 
 _REGISTRY: dict[str, str | type[Setup]] = {

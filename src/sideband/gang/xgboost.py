@@ -25,6 +25,7 @@ class XGBoostSetup(Setup):
     """``xgboost.collective.init`` against the driver's tracker before ``fn``."""
 
     name = "xgboost"
+    preload = ("xgboost",)
 
     def __init__(self) -> None:
         self._tracker: Any = None
