@@ -1,8 +1,12 @@
-"""Where an endpoint listens: the ``port=`` argument, the advertised host, the URL."""
+"""Where an endpoint listens: the ``port=`` argument, the advertised host, the URL, and the
+error when it cannot."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+from collections.abc import Iterable, Sequence
+
+from sideband.errors import EndpointStartError
 
 
 def ports(port: int | tuple[int, int] | Iterable[int]) -> list[int]:
@@ -32,3 +36,16 @@ def url(scheme: str, host: str, port: int) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
+
+
+def listen_error(
+    what: str, host: str, ports: Sequence[int], last: OSError | None
+) -> EndpointStartError:
+    """The error of a server that could bind none of ``ports`` on ``host``, with what to do."""
+    span = ports[0] if len(ports) == 1 else f"{ports[0]}..{ports[-1]}"
+    hint = (
+        "Another process holds the port: choose another one, or port=0 for a free one."
+        if last is not None and last.errno == errno.EADDRINUSE
+        else "Check the host: it must be an address of this node, or 0.0.0.0."
+    )
+    return EndpointStartError(f"{what} could not listen on {host}:{span}: {last}. {hint}")

@@ -10,7 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from sideband.endpoint import auth as _auth
 from sideband.endpoint import host as _host
-from sideband.endpoint.addresses import advertised_host
+from sideband.endpoint.addresses import advertised_host, listen_error
 from sideband.endpoint.addresses import url as _url
 from sideband.endpoint.handlers import make_handler, make_ws_handler
 from sideband.endpoint.metrics import Metrics
@@ -19,7 +19,6 @@ from sideband.endpoint.responses import error, to_response
 from sideband.endpoint.routes import WEBSOCKET, path_params
 from sideband.endpoint.watchdog import Watchdog
 from sideband.endpoint.web_guard import WebPolicy
-from sideband.errors import EndpointStartError
 
 
 class HttpServer:
@@ -116,15 +115,7 @@ class HttpServer:
                 return
         await self.runner.cleanup()
         self.watchdog.stop()
-        ports = spec.ports[0] if len(spec.ports) == 1 else f"{spec.ports[0]}..{spec.ports[-1]}"
-        hint = (
-            "Another process holds the port: choose another one, or port=0 for a free one."
-            if last is not None and last.errno == errno.EADDRINUSE
-            else "Check the host: it must be an address of this node, or 0.0.0.0."
-        )
-        raise EndpointStartError(
-            f"{self.what} could not listen on {spec.host}:{ports}: {last}. {hint}"
-        ) from last
+        raise listen_error(self.what, spec.host, spec.ports, last) from last
 
     async def stop(self) -> None:
         # Open WebSockets would hold the drain for its whole timeout: tell them we are going.

@@ -35,7 +35,6 @@ from typing import Any
 from sideband.endpoint import addresses
 from sideband.endpoint import auth as _auth
 from sideband.endpoint import host as _host
-from sideband.errors import EndpointStartError
 
 _HANDLER = "__sideband_tcp_handler__"
 HELLO = b"sideband-token "
@@ -178,15 +177,7 @@ class TcpServer:
             self.url = addresses.url("tls" if ssl_ctx else "tcp", host, bound)
             self.extra = {"port": bound, "bind_host": spec.host, "tls": ssl_ctx is not None}
             return
-        ports = spec.ports[0] if len(spec.ports) == 1 else f"{spec.ports[0]}..{spec.ports[-1]}"
-        hint = (
-            "Another process holds the port: choose another one, or port=0 for a free one."
-            if last is not None and last.errno == errno.EADDRINUSE
-            else "Check the host: it must be an address of this node, or 0.0.0.0."
-        )
-        raise EndpointStartError(
-            f"{self.what} could not listen on {spec.host}:{ports}: {last}. {hint}"
-        ) from last
+        raise addresses.listen_error(self.what, spec.host, spec.ports, last) from last
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
