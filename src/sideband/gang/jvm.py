@@ -15,6 +15,8 @@ import collections
 import ctypes
 import functools
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +194,33 @@ class JVM:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+_WORKDIR_PREFIX = "sideband-spark-"
+_WORKDIR_PID = re.compile(r"-p(\d+)-[A-Za-z0-9_]+$")  # mkdtemp's suffix has no "-"
+
+
+def make_workdir(gang: str, rank: int) -> str:
+    """A member's Spark work folder (logs, conf), named with the member's pid: a member killed
+    before its teardown leaves it behind, and the next member on this node removes it."""
+    remove_stale_workdirs()
+    return tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{gang}-r{rank}-p{os.getpid()}-")
+
+
+def remove_stale_workdirs() -> None:
+    """Remove the work folders of Spark members whose process is gone (``...-p<pid>-...``)."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        m = _WORKDIR_PID.search(name) if name.startswith(_WORKDIR_PREFIX) else None
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue

@@ -20,14 +20,20 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from typing import Any
 
 from sideband.errors import GangSetupError
 from sideband.gang.contract import GangContext
-from sideband.gang.jvm import JVM, Command, member_command, spark_command
+from sideband.gang.jvm import (
+    JVM,
+    Command,
+    make_workdir,
+    member_command,
+    remove_stale_workdirs,
+    spark_command,
+)
 from sideband.gang.ports import pick_port, port_range, retries_left
 from sideband.gang.setup import GangPlan, Setup, require
 
@@ -237,11 +243,12 @@ class SparkSetup(Setup):
 
     def release(self) -> None:
         self.stop()
+        remove_stale_workdirs()  # of members killed before their teardown, on this node
 
     # --- member side ---------------------------------------------------------------------------
     def _member_env(self, ctx: GangContext, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
         host = ctx.master_addr if ctx.master_addr == "127.0.0.1" else _node_ip()
-        self._workdir = tempfile.mkdtemp(prefix=f"sideband-spark-{ctx.gang_name}-r{ctx.rank}-")
+        self._workdir = make_workdir(ctx.gang_name, ctx.rank)
         env = {
             **os.environ,
             **_DAEMON_ENV,
