@@ -7,15 +7,13 @@ clear error with nothing left behind); it uses the gang's options and its failur
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sideband.errors import GangError, GangSetupError
 from sideband.gang import checkpoint as _checkpoint
 from sideband.gang.contract import GangContext
-from sideband.gang.failures import Failure
+from sideband.gang.failures import FailureWatch
 from sideband.gang.member import WATCH_GROUP, GangMember
 from sideband.gang.placement import _ip_key, actor_options, check_feasible, order_members
 from sideband.gang.progress import Progress
@@ -45,18 +43,13 @@ def _predicted_ranks(pg: Any, n: int) -> list[int]:
     return ranks
 
 
-class Former:
-    """Mixin: ``_ensure_formed``, ``_form`` (with the EADDRINUSE retry) and ``_form_once``."""
+class Former(FailureWatch):
+    """Mixin: ``_ensure_formed``, ``_form`` (with the EADDRINUSE retry) and ``_form_once``;
+    ``_gather`` and the watch come from :class:`FailureWatch`."""
 
-    # Set by Gang.__init__ (the gang's state that forming reads and writes).
-    name: str
+    # Set by Gang.__init__ (the gang state forming reads and writes beyond FailureWatch's).
     num_workers: int
     strategy: str
-    timeout_s: float
-    _lock: threading.RLock
-    _state: str
-    _attempt: int
-    _generation: int
     _res: Resources
     _bundle: dict[str, float]
     _setup_cls: type[Setup]
@@ -64,26 +57,11 @@ class Former:
     _actor_options: dict[str, Any]
     _fail_fast: bool
     _progress: Any
-    _infos: list[dict[str, Any]]
     _ctxs: list[GangContext]
-    _failure: GangError | None
-    _watch_root: Failure | None
 
-    if TYPE_CHECKING:  # provided by Gang and FailureWatch
+    if TYPE_CHECKING:  # provided by Gang
 
         def _set_state(self, state: str, **extra: Any) -> None: ...
-
-        def _start_watch(self, members: list[Any]) -> None: ...
-
-        def _gather(
-            self,
-            refs: list[Any],
-            ranks: list[int],
-            deadline: float | None,
-            what: str,
-            ranked: bool = True,
-            on_result: Callable[[int, Any], None] | None = None,
-        ) -> list[Any]: ...
 
     def _ensure_formed(self) -> None:
         with self._lock:

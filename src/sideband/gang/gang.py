@@ -14,7 +14,7 @@ from typing import Any
 from sideband.errors import GangError, InvalidArgumentError
 from sideband.gang import registry
 from sideband.gang.contract import GangContext
-from sideband.gang.failures import Failure, FailureWatch
+from sideband.gang.failures import Failure
 from sideband.gang.forming import Former
 from sideband.gang.options import normalise
 from sideband.gang.resources import Resources, finalize
@@ -23,7 +23,7 @@ from sideband.gang.setup import Setup, resolve_setup
 log = logging.getLogger(__name__)
 
 
-class Gang(Former, FailureWatch):
+class Gang(Former):
     """``num_workers`` Ray actors in one placement group, ranked, with a library set up.
 
     ``gang.run(fn)`` runs ``fn`` on every member and returns the results in rank order; if any
