@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sideband import guard
+from sideband import config, guard
 from sideband._version import __version__
 from sideband.collective.api.driver import GroupHandle, create_group, list_groups
 from sideband.collective.api.group import Group
@@ -20,6 +20,7 @@ from sideband.errors import (
     BackendUnavailableError,
     CollectiveError,
     CollectiveTimeoutError,
+    ConfigError,
     EndpointError,
     EndpointNotFoundError,
     EndpointStartError,
@@ -32,15 +33,20 @@ from sideband.errors import (
     MissingExtraError,
     OutOfBandRefError,
     PeerLostError,
+    PeerOpError,
     RendezvousError,
     SidebandError,
 )
+
+# SIDEBAND_LOG_LEVEL, applied once per process: every process that uses sideband imports this.
+config.configure_logging()
 
 __all__ = [
     "__version__",
     "BackendUnavailableError",
     "CollectiveError",
     "CollectiveTimeoutError",
+    "ConfigError",
     "EndpointError",
     "EndpointNotFoundError",
     "EndpointStartError",
@@ -56,6 +62,7 @@ __all__ = [
     "MissingExtraError",
     "OutOfBandRefError",
     "PeerLostError",
+    "PeerOpError",
     "ReduceOp",
     "RendezvousError",
     "SidebandError",

@@ -1,14 +1,15 @@
 """Which address and ports sideband's listeners bind to and advertise (groups, gangs, the
-libraries gangs start): ``SIDEBAND_HOST`` and ``SIDEBAND_PORT_RANGE``, read in one place; and how a socket notices a peer that vanished."""
+libraries gangs start): ``SIDEBAND_HOST`` and ``SIDEBAND_PORT_RANGE`` (read through
+:mod:`sideband.config`); and how a socket notices a peer that vanished."""
 
 from __future__ import annotations
 
 import errno
-import os
 import random
 import socket
 
-from sideband.errors import InvalidArgumentError, RendezvousError
+from sideband import config
+from sideband.errors import RendezvousError
 
 
 def node_address() -> str:
@@ -18,7 +19,7 @@ def node_address() -> str:
     connect, so loopback is used: it is reachable by every local process and by nobody else.
     Otherwise it is the address Ray itself uses for this node.
     """
-    env = os.environ.get("SIDEBAND_HOST")
+    env: str | None = config.get("SIDEBAND_HOST")
     if env:
         return env
     import ray
@@ -35,21 +36,11 @@ def node_address() -> str:
 
 
 def port_range() -> tuple[int, int] | None:
-    """``SIDEBAND_PORT_RANGE=lo-hi``: the ports group listeners may bind (None: any)."""
-    spec = os.environ.get("SIDEBAND_PORT_RANGE", "").strip()
-    if not spec:
-        return None
-    try:
-        lo_s, hi_s = spec.split("-")
-        lo, hi = int(lo_s), int(hi_s)
-    except ValueError:
-        lo, hi = 0, -1
-    if not 1 <= lo <= hi <= 65535:
-        raise InvalidArgumentError(
-            f"SIDEBAND_PORT_RANGE={spec!r}: expected 'lo-hi' with 1 <= lo <= hi <= 65535, "
-            "e.g. 40000-40999"
-        )
-    return lo, hi
+    """``SIDEBAND_PORT_RANGE=lo-hi``: the ports group listeners may bind (None: any).
+
+    A bad value raises :class:`~sideband.errors.ConfigError` (an ``InvalidArgumentError``)."""
+    rng: tuple[int, int] | None = config.get("SIDEBAND_PORT_RANGE")
+    return rng
 
 
 def bind_in_range(sock: socket.socket, host: str) -> None:
@@ -76,7 +67,8 @@ def bind_in_range(sock: socket.socket, host: str) -> None:
 
 def link_timeout_s() -> float:
     """How long a silent link may stay unanswered before its peer counts as lost."""
-    return float(os.environ.get("SIDEBAND_LINK_TIMEOUT_S", "3"))
+    t: float = config.get("SIDEBAND_LINK_TIMEOUT_S")
+    return t
 
 
 def watch_link(sock: socket.socket) -> None:

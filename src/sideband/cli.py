@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from typing import Any
 
 from sideband._table import render
@@ -53,6 +54,8 @@ _SECTIONS = (
     ("gangs", "sideband.gang", "list_gangs"),
 )
 _COLUMNS = {
+    # Ranks that were blocked in an op for over a second (and where those ops stand now).
+    "blocked": ["group", "rank", "op", "seq", "in_op", "for_s", "pid"],
     "endpoints": ["name", "class", "protocol", "url", "actor_id"],
     "gangs": ["name", "state", "members"],
 }
@@ -61,8 +64,23 @@ _COLUMNS = {
 def status_data() -> dict[str, list[dict[str, Any]]]:
     """Groups, endpoints and gangs of the connected cluster."""
     from sideband.collective.api.driver import list_groups
+    from sideband.collective.rendezvous import reports
 
     data: dict[str, list[dict[str, Any]]] = {"groups": list_groups()}
+    now = time.time()
+    data["blocked"] = [
+        {
+            "group": name,
+            "rank": rank,
+            "op": st.get("op"),
+            "seq": st.get("seq"),
+            "in_op": st.get("in_op"),
+            "for_s": round(now - st["started"], 1) if st.get("in_op") else None,
+            "pid": st.get("pid"),
+        }
+        for name, ranks in sorted(reports.all_groups().items())
+        for rank, st in sorted(ranks.items())
+    ]
     for title, module, fn in _SECTIONS:
         try:
             data[title] = getattr(importlib.import_module(module), fn)()

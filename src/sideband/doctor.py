@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sideband import config
 from sideband._net import port_range
 from sideband.collective.transports import futex, shm
 from sideband.errors import InvalidArgumentError
@@ -135,8 +136,30 @@ def _extras() -> Finding:
     return Finding("extras", "ok", detail, "pip install 'sideband[NAME]' for what you need")
 
 
+def _settings() -> Finding:
+    """The ``SIDEBAND_*`` variables set here (those sideband sets for its own processes aside)."""
+    found = [(v, raw, err) for v, raw, err in config.settings() if not v.internal]
+    bad = [err for _v, _raw, err in found if err]
+    if bad:
+        return Finding("settings", "fail", "; ".join(bad), "fix or unset the variables named")
+    if not found:
+        return Finding("settings", "ok", "every SIDEBAND_* variable at its default")
+    listed = ", ".join(f"{v.name}={raw}" for v, raw, _err in found)
+    return Finding("settings", "ok", listed, "docs/configuration.md says what each one does")
+
+
 def run(ranks: int | None = None) -> list[Finding]:
-    return [_shm(), _ptrace(), _memfd(), _futex(), _ports(), _ray(), _cores(ranks), _extras()]
+    return [
+        _shm(),
+        _ptrace(),
+        _memfd(),
+        _futex(),
+        _ports(),
+        _ray(),
+        _cores(ranks),
+        _extras(),
+        _settings(),
+    ]
 
 
 def as_dicts(findings: list[Finding]) -> list[dict[str, Any]]:

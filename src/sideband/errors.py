@@ -23,6 +23,11 @@ class MissingExtraError(SidebandError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class ConfigError(InvalidArgumentError):
+    """A ``SIDEBAND_*`` environment variable has a value sideband does not accept; the message
+    names the variable, the value and what is accepted (docs/configuration.md lists them all)."""
+
+
 # --- collectives -------------------------------------------------------------------------------
 
 
@@ -52,6 +57,11 @@ class PeerLostError(CollectiveError):
 
 class MismatchError(CollectiveError):
     """Ranks called different operations, or the same one with different sizes, dtypes or roots."""
+
+
+class PeerOpError(CollectiveError):
+    """Another rank's part of this op failed on that rank (its error is named); the op did nothing
+    anywhere and the group stays usable."""
 
 
 class BackendUnavailableError(CollectiveError):

@@ -3,7 +3,11 @@
 Ray counts references only where it can see them: a ref pickled into a socket or shared memory is
 invisible to it, so the object can be freed while the receiver still holds the ref. Every sideband
 path that pickles user objects goes through :func:`dumps`, which refuses refs (also nested in
-containers, dataclasses and any other pickled object) with :class:`OutOfBandRefError`.
+containers, dataclasses, closures and any other pickled object) with :class:`OutOfBandRefError`.
+
+Objects are pickled with ``ray.cloudpickle``, as Ray pickles task arguments: lambdas, local
+functions and classes defined in ``__main__`` or inside functions travel by value. The refusal
+comes first: ``persistent_id`` sees every object before cloudpickle's reducers do.
 
 To pass tensors by ref out of band, use the sideband Ray Direct Transport instead
 (``@ray.method(tensor_transport="sideband")``, see :mod:`sideband.rdt`): Ray keeps counting the
@@ -18,19 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ray import cloudpickle
+
+from sideband import config
 from sideband.errors import OutOfBandRefError
 
 _local = threading.local()
 
 
 def _refs_allowed() -> bool:
-    return getattr(_local, "allow", False) or os.environ.get("SIDEBAND_ALLOW_OBJECT_REFS") == "1"
+    return getattr(_local, "allow", False) or bool(config.get("SIDEBAND_ALLOW_OBJECT_REFS"))
 
 
 @contextlib.contextmanager
@@ -53,7 +59,7 @@ def _object_ref_types() -> tuple[type, ...]:
         return ()
 
 
-class _GuardedPickler(pickle.Pickler):
+class _GuardedPickler(cloudpickle.Pickler):
     def __init__(self, buf: io.BytesIO, where: str) -> None:
         super().__init__(buf, protocol=5)
         self._types = _object_ref_types()
@@ -78,14 +84,15 @@ class _GuardedPickler(pickle.Pickler):
 def dumps(obj: Any, where: str = "sideband") -> bytes:
     """Pickle ``obj`` for out-of-band transport, refusing ObjectRefs unless allowed."""
     if _refs_allowed():
-        return pickle.dumps(obj, protocol=5)
+        return cloudpickle.dumps(obj, protocol=5)
     buf = io.BytesIO()
     _GuardedPickler(buf, where).dump(obj)
     return buf.getvalue()
 
 
 def loads(data: bytes | memoryview) -> Any:
-    """Unpickle data that arrived from an authenticated group member."""
+    """Unpickle data that arrived from an authenticated group member (never anything else:
+    unpickling runs code). cloudpickle's output needs only plain ``pickle`` to load."""
     return pickle.loads(data)
 
 

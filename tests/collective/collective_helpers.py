@@ -8,6 +8,16 @@ from typing import Any
 import ray
 
 
+class Boom:
+    """Unpickling this creates a file: proof that something was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.path, "w"))
+
+
 @ray.remote(num_cpus=0)
 class Member:
     """A plain actor with no sideband-specific methods: tests run code in it via __ray_call__."""

@@ -146,8 +146,15 @@ def test_same_names_and_signatures_as_ray(name: str) -> None:
 
     ours = inspect.signature(getattr(col, name))
     theirs = inspect.signature(getattr(ray_col, name))
-    assert list(ours.parameters) == list(theirs.parameters)
-    for p_ours, p_theirs in zip(ours.parameters.values(), theirs.parameters.values(), strict=True):
+    # Ray's parameters, in order; sideband's extras (write_readonly) only after them, keyword-only
+    # and defaulted, so every call written for Ray means the same here.
+    n = len(theirs.parameters)
+    assert list(ours.parameters)[:n] == list(theirs.parameters)
+    for extra in list(ours.parameters.values())[n:]:
+        assert extra.kind == inspect.Parameter.KEYWORD_ONLY, extra.name
+        assert extra.default is not inspect.Parameter.empty, extra.name
+    ours_ray = list(ours.parameters.values())[:n]
+    for p_ours, p_theirs in zip(ours_ray, theirs.parameters.values(), strict=True):
         assert p_ours.kind == p_theirs.kind, p_ours.name
         if p_theirs.default is inspect.Parameter.empty:
             assert p_ours.default is inspect.Parameter.empty, p_ours.name

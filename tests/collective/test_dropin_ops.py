@@ -3,13 +3,13 @@
 Patterns from ``ray.util.collective``'s single-node CPU tests (allreduce, reduce, broadcast,
 allgather, reducescatter, send/recv): an actor keeps a buffer and a list buffer, its methods call
 ``col.*`` on them in place and return them. Buffers set from the driver arrive read-only, as in
-Ray; the drop-in writes results into them as Ray does. Each test sweeps its parameters over one
+Ray; the workers pass ``write_readonly=True`` so that the drop-in writes results into them as
+Ray does (without it, it refuses them). Each test sweeps its parameters over one
 set of actors to keep the suite fast on two cores.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,25 +53,25 @@ class Worker:
         return True
 
     def do_allreduce(self, group_name: str = "default", op: Any = ReduceOp.SUM) -> Any:
-        col.allreduce(self.buffer, group_name, op)
+        col.allreduce(self.buffer, group_name, op, write_readonly=True)
         return self.buffer
 
     def do_reduce(
         self, group_name: str = "default", dst_rank: int = 0, op: Any = ReduceOp.SUM
     ) -> Any:
-        col.reduce(self.buffer, dst_rank, group_name, op)
+        col.reduce(self.buffer, dst_rank, group_name, op, write_readonly=True)
         return self.buffer
 
     def do_broadcast(self, group_name: str = "default", src_rank: int = 0) -> Any:
-        col.broadcast(self.buffer, src_rank, group_name)
+        col.broadcast(self.buffer, src_rank, group_name, write_readonly=True)
         return self.buffer
 
     def do_allgather(self, group_name: str = "default") -> list[Any]:
-        col.allgather(self.list_buffer, self.buffer, group_name)
+        col.allgather(self.list_buffer, self.buffer, group_name, write_readonly=True)
         return self.list_buffer
 
     def do_reducescatter(self, group_name: str = "default", op: Any = ReduceOp.SUM) -> Any:
-        col.reducescatter(self.buffer, self.list_buffer, group_name, op)
+        col.reducescatter(self.buffer, self.list_buffer, group_name, op, write_readonly=True)
         return self.buffer
 
     def do_send(self, group_name: str = "default", dst_rank: int = 0) -> Any:
@@ -79,17 +79,21 @@ class Worker:
         return self.buffer
 
     def do_recv(self, group_name: str = "default", src_rank: int = 0) -> Any:
-        col.recv(self.buffer, src_rank, group_name)
+        col.recv(self.buffer, src_rank, group_name, write_readonly=True)
         return self.buffer
 
-    def readonly_write_warning(self) -> tuple[bool, Any]:
-        """allreduce into an array over read-only memory, as Ray hands out; did it warn?"""
+    def readonly_refused(self) -> tuple[str, Any]:
+        """allreduce into an array over read-only memory, as Ray hands out: refused, then
+        written on opt-in."""
         # frombuffer over a fresh bytes object: read-only, and setflags(write=True) refuses.
         x = np.frombuffer(np.ones(4, dtype=np.float32).tobytes(), dtype=np.float32)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        try:
             col.allreduce(x)
-        return any("read-only" in str(w.message) for w in caught), x.copy()
+            refused = "no error"
+        except col.CollectiveUsageError as e:
+            refused = str(e)
+        col.allreduce(x, write_readonly=True)
+        return refused, x.copy()
 
 
 def _copy(t: Any) -> Any:
@@ -214,10 +218,12 @@ def test_allreduce_five_groups(workers: Callable[..., list[Any]]) -> None:
         assert (results[1] == ones(10) * 2 ** (i + 1)).all()
 
 
-def test_writes_into_read_only_arrays_warn(workers: Callable[..., list[Any]]) -> None:
+def test_read_only_arrays_refused_unless_write_readonly(
+    workers: Callable[..., list[Any]],
+) -> None:
     actors = workers(2)
-    for warned, x in ray.get([a.readonly_write_warning.remote() for a in actors]):
-        assert warned
+    for refused, x in ray.get([a.readonly_refused.remote() for a in actors]):
+        assert "read-only" in refused and "write_readonly=True" in refused
         assert (x == ones(4) * 2).all()
 
 

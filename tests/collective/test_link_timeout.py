@@ -17,12 +17,12 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import os, socket, subprocess, threading, time
-    from sideband.collective.comm.framing import CODEC
-    from sideband.collective.transports import tcp
+    from sideband.collective.comm.framing import CODEC, HEADER, KIND_COLL
+    from sideband.collective.transports import handshake, tcp
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.environ["SIDEBAND_LINK_TIMEOUT_S"] = "3"
-    lst = tcp.Listener("127.0.0.1")
+    lst = handshake.Listener("127.0.0.1")
     holder = {}
     t = threading.Thread(
         target=lambda: holder.update(
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
         )
     )
     t.start()
-    s1 = tcp.connect_peer("127.0.0.1", lst.port, "s", b"k" * 32, 1, time.monotonic() + 10)
+    s1 = handshake.connect_peer("127.0.0.1", lst.port, "s", b"k" * 32, 1, time.monotonic() + 10)
     t.join()
     a = tcp.TcpChannel(1, holder["socks"][1], CODEC, lambda: None, lambda r: None)
     b = tcp.TcpChannel(0, s1, CODEC, lambda: None, lambda r: None)
@@ -40,7 +40,11 @@ SCRIPT = textwrap.dedent(
     t0 = time.monotonic()
     # One side has data in flight (TCP_USER_TIMEOUT), the other waits idle (keepalive).
     threading.Thread(
-        target=lambda: b.write([memoryview(b"x" * (1 << 20))], lambda: None), daemon=True
+        target=lambda: b.write(
+            [memoryview(HEADER.pack(KIND_COLL, 0, 1 << 20, 2)), memoryview(b"x" * (1 << 20))],
+            lambda: None,
+        ),
+        daemon=True,
     ).start()
     while (a.lost() is None or b.lost() is None) and time.monotonic() - t0 < 20:
         time.sleep(0.05)

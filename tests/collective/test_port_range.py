@@ -11,7 +11,7 @@ import ray
 from collective_helpers import Member, on_all
 
 import sideband
-from sideband.collective.transports import tcp
+from sideband.collective.transports import handshake
 from sideband.errors import InvalidArgumentError, RendezvousError
 
 
@@ -37,18 +37,18 @@ def _free_range(n: int) -> tuple[int, int]:
 def test_listeners_stay_in_range_and_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     lo, hi = _free_range(2)
     monkeypatch.setenv("SIDEBAND_PORT_RANGE", f"{lo}-{hi}")
-    a, b = tcp.Listener("127.0.0.1"), tcp.Listener("127.0.0.1")
+    a, b = handshake.Listener("127.0.0.1"), handshake.Listener("127.0.0.1")
     try:
         assert {a.port, b.port} == {lo, hi}
         with pytest.raises(RendezvousError, match=f"{lo}-{hi}"):
-            tcp.Listener("127.0.0.1")
+            handshake.Listener("127.0.0.1")
     finally:
         a.close()
         b.close()
     for bad in ("40000", "5-3", "x-y", "0-10", "1-70000"):
         monkeypatch.setenv("SIDEBAND_PORT_RANGE", bad)
         with pytest.raises(InvalidArgumentError, match="SIDEBAND_PORT_RANGE"):
-            tcp.Listener("127.0.0.1")
+            handshake.Listener("127.0.0.1")
 
 
 def _sum(_self: Any, name: str) -> tuple[float, list[int]]:

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 import ray
-from collective_helpers import Member, on_all
+from collective_helpers import Boom, Member, on_all
 
 import sideband
-from sideband.collective.transports import tcp
+from sideband.collective.transports import handshake
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +115,9 @@ def test_timeout_names_the_missing_rank(quad, backend):
 # --- strangers on a listener --------------------------------------------------------------------
 
 
-class _Boom:
-    """Unpickling this creates a file: proof that something was unpickled."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_listener_rejects_strangers_and_accepts_members(tmp_path):
     session, secret = "s" * 32, os.urandom(32)
-    listener = tcp.Listener("127.0.0.1")
+    listener = handshake.Listener("127.0.0.1")
     result: dict = {}
 
     def accept() -> None:
@@ -140,7 +130,7 @@ def test_listener_rejects_strangers_and_accepts_members(tmp_path):
     marker = tmp_path / "unpickled"
     attacks = [
         b"GET / HTTP/1.1\r\n\r\n" + os.urandom(64),  # garbage
-        pickle.dumps(_Boom(str(marker))),  # a payload whose unpickling would create a file
+        pickle.dumps(Boom(str(marker))),  # a payload whose unpickling would create a file
     ]
     for payload in attacks:
         with socket.create_connection(("127.0.0.1", listener.port)) as s:
@@ -153,15 +143,17 @@ def test_listener_rejects_strangers_and_accepts_members(tmp_path):
             assert answer == b"", "the listener answered a stranger instead of closing"
     # A well-formed hello with the wrong secret is refused too.
     with pytest.raises((PermissionError, ConnectionError, OSError)):
-        tcp.connect_peer(
+        handshake.connect_peer(
             "127.0.0.1", listener.port, session, os.urandom(32), 1, time.monotonic() + 5
         )
     # The real member gets in, and the channel works.
-    sock = tcp.connect_peer("127.0.0.1", listener.port, session, secret, 1, time.monotonic() + 5)
+    sock = handshake.connect_peer(
+        "127.0.0.1", listener.port, session, secret, 1, time.monotonic() + 5
+    ).sock
     t.join(10)
     listener.close()
     assert set(result["socks"]) == {1}
-    peer = result["socks"][1]
+    peer = result["socks"][1].sock
     sock.sendall(b"hello")
     assert peer.recv(5) == b"hello"
     sock.close()
@@ -172,7 +164,7 @@ def test_listener_rejects_strangers_and_accepts_members(tmp_path):
 def test_listeners_bind_to_the_node_address_not_any():
     from sideband import _net
 
-    listener = tcp.Listener(_net.node_address())
+    listener = handshake.Listener(_net.node_address())
     try:
         assert listener.sock.getsockname()[0] not in ("0.0.0.0", "::")
     finally:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sideband import config
+
 ROWS = ("torch", "spark", "xgboost", "dask")
 XGB_ROWS, XGB_FEATURES, XGB_ROUNDS = 200_000, 20, 100
 XGB_PARAMS = {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "nthread": 1}
@@ -118,7 +120,7 @@ def spark_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
 
 
 def spark_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
-    python = os.environ.get("SIDEBAND_RAYDP_PYTHON", "")
+    python = config.get("SIDEBAND_RAYDP_PYTHON") or ""
     proc = subprocess.run(
         [python, "-c", _RAYDP, str(n), str(cpus)], capture_output=True, text=True, timeout=900
     )
@@ -219,7 +221,7 @@ def _missing(row: str) -> str | None:
     try:
         if row in ("torch", "xgboost"):
             import ray.train  # noqa: F401
-        if row == "spark" and not os.environ.get("SIDEBAND_RAYDP_PYTHON"):
+        if row == "spark" and not config.get("SIDEBAND_RAYDP_PYTHON"):
             return "no RayDP virtualenv: --raydp-python PATH (raydp 1.6.5, pyspark 3.5.7)"
         if row == "dask":
             import distributed  # noqa: F401

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from sideband import config
 from sideband._extras import require
 from sideband.bench import collectives as C
 from sideband.bench import json_header
@@ -97,7 +98,11 @@ def driver_main() -> None:
     import sideband
     from sideband import testbed as tb
 
-    args = json.loads(os.environ[_ARGS_ENV])
+    args = config.get(_ARGS_ENV)
+    if args is None:
+        raise SystemExit(
+            f"{_ARGS_ENV} is not set: this driver runs under `sideband bench multinode`"
+        )
     timeout_s = float(args["timeout_s"])
     bed = tb.connect()
     cls = ray.remote(num_cpus=0)(C.BenchWorker)

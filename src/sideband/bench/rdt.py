@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from typing import Any
 
+from sideband import config
 from sideband.bench import json_header
 
 IMPLS = ("object_store", "rdt_gloo", "rdt_sideband", "rdt_sideband_shm", "sideband_p2p")
@@ -198,7 +198,9 @@ def driver_main() -> None:
     """``--hosts 2``: runs on host 0 of the test bed; the producer goes to host 1."""
     from sideband import testbed as tb
 
-    args = json.loads(os.environ[_ARGS_ENV])
+    args = config.get(_ARGS_ENV)
+    if args is None:
+        raise SystemExit(f"{_ARGS_ENV} is not set: this driver runs under `sideband bench rdt`")
     bed = tb.connect()
     # gloo picks its interface by name (every namespaced host calls its link "sb0"); in local
     # mode the "hosts" share one kernel, so sideband is told to pull over TCP all the same.

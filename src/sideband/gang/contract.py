@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sideband import config
 from sideband.errors import GangError
 
 # The torchrun-style names that torch.distributed, DeepSpeed, Horovod-style launchers and most
@@ -79,7 +80,8 @@ def context() -> GangContext:
     if _current is not None:
         return _current
     env = os.environ
-    if "SIDEBAND_GANG" in env and all(k in env for k in ENV_KEYS):
+    gang = config.get("SIDEBAND_GANG")
+    if gang is not None and all(k in env for k in ENV_KEYS):
         return GangContext(
             rank=int(env["RANK"]),
             world_size=int(env["WORLD_SIZE"]),
@@ -88,8 +90,8 @@ def context() -> GangContext:
             node_rank=int(env["NODE_RANK"]),
             master_addr=env["MASTER_ADDR"],
             master_port=int(env["MASTER_PORT"]),
-            gang_name=env["SIDEBAND_GANG"],
-            attempt=int(env.get("SIDEBAND_GANG_ATTEMPT", "0")),
+            gang_name=gang,
+            attempt=config.get("SIDEBAND_GANG_ATTEMPT"),
         )
     raise GangError(
         "sideband.gang.context() was called outside a gang member: call it inside a function "

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from typing import Any
 
+from sideband import config
 
-@dataclass
-class Settings:
+_VARS = {
     # Consumers get copy-on-write views of the producer's block instead of copies.
-    zero_copy: bool = os.environ.get("SIDEBAND_RDT_ZERO_COPY") == "1"
+    "zero_copy": "SIDEBAND_RDT_ZERO_COPY",
     # Map same-host producers' memory; False pulls over TCP even on one host.
-    same_host: bool = os.environ.get("SIDEBAND_RDT_SAME_HOST", "1") != "0"
+    "same_host": "SIDEBAND_RDT_SAME_HOST",
     # Serve blocks over TCP even on a one-node cluster (for consumers with same_host=False).
-    serve: bool = os.environ.get("SIDEBAND_RDT_SERVE") == "1"
+    "serve": "SIDEBAND_RDT_SERVE",
     # Deadline of one fetch over TCP (connect, authenticate, stream).
-    timeout_s: float = float(os.environ.get("SIDEBAND_RDT_TIMEOUT_S", "30"))
+    "timeout_s": "SIDEBAND_RDT_TIMEOUT_S",
+}
+
+
+class _Setting:
+    """What :func:`configure` set, else the environment variable's value when read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.env = name, _VARS[name]
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        v = obj._set.get(self.name)
+        return config.get(self.env) if v is None else v
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj._set[self.name] = value
+
+
+class Settings:
+    """This process's settings: set by :func:`configure`, else read from the environment."""
+
+    zero_copy: bool = _Setting()  # type: ignore[assignment]
+    same_host: bool = _Setting()  # type: ignore[assignment]
+    serve: bool = _Setting()  # type: ignore[assignment]
+    timeout_s: float = _Setting()  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self._set: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in _VARS)
+        return f"Settings({fields})"
 
 
 SETTINGS = Settings()

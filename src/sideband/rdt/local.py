@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from sideband.errors import PeerLostError
-from sideband.rdt.pool import POOL
+from sideband.rdt.pool import POOL, Pool
 
 # Copies go in pieces so that an abort from Ray is seen within one piece (~ms), not after GiBs.
 CHUNK = 16 << 20
@@ -77,8 +77,8 @@ class _Maps:
     cached mapping never stops the producer's pool from reusing the block.
     """
 
-    def __init__(self, keep_s: float, limit: int = 16, limit_bytes: int = 2 << 30) -> None:
-        self.keep_s, self.limit, self.limit_bytes = keep_s, limit, limit_bytes
+    def __init__(self, pool: Pool, limit: int = 16, limit_bytes: int = 2 << 30) -> None:
+        self.pool, self.limit, self.limit_bytes = pool, limit, limit_bytes
         self._lock = threading.Lock()
         self._maps: collections.OrderedDict[tuple[int, int, int], list[Any]]
         self._maps = collections.OrderedDict()
@@ -117,6 +117,12 @@ class _Maps:
                 self._sweeper = threading.Thread(target=self._sweep, daemon=True)
                 self._sweeper.start()
 
+    @property
+    def keep_s(self) -> float:
+        """The pool's: mappings stay as long as blocks do."""
+        k: float = self.pool.keep_s
+        return k
+
     def clear(self, idle_s: float = 0.0) -> None:
         now = time.monotonic()
         with self._lock:
@@ -134,7 +140,7 @@ class _Maps:
                     return
 
 
-MAPS = _Maps(keep_s=POOL.keep_s)
+MAPS = _Maps(POOL)
 
 
 def copy_out(

@@ -17,7 +17,6 @@ that a view still shows.
 from __future__ import annotations
 
 import fcntl
-import os
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sideband import config
 from sideband.collective.transports import memfd
 
 MIN_BLOCK = 64 << 10
@@ -61,8 +61,8 @@ def locked_by_peer(block: Block) -> bool:
 class Pool:
     """Free blocks by size class, reused warmest first, trimmed after ``keep_s`` idle seconds."""
 
-    def __init__(self, keep_s: float = 2.0, max_free_bytes: int = 1 << 30) -> None:
-        self.keep_s = keep_s
+    def __init__(self, keep_s: float | None = None, max_free_bytes: int = 1 << 30) -> None:
+        self._keep_s = keep_s
         self.max_free_bytes = max_free_bytes
         self._lock = threading.Lock()
         self._free: dict[int, list[Block]] = {}
@@ -92,6 +92,16 @@ class Pool:
     def _forget(self, ino: int) -> None:
         # No lock: this runs when a block's last reference dies, often under self._lock.
         self._inodes.discard(ino)
+
+    @property
+    def keep_s(self) -> float:
+        """The ``keep_s`` given, else ``SIDEBAND_RDT_KEEP_S`` when asked (2 s by default)."""
+        k: float = config.get("SIDEBAND_RDT_KEEP_S") if self._keep_s is None else self._keep_s
+        return k
+
+    @keep_s.setter
+    def keep_s(self, value: float | None) -> None:
+        self._keep_s = value
 
     def inodes(self) -> set[int]:
         """Inodes of the blocks this process created and still holds (in use or free)."""
@@ -154,15 +164,8 @@ class Pool:
                 self._wake.wait(timeout=max(0.05, self.keep_s / 2))
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 # One pool per process, shared by the producer and consumer sides of every transfer.
-POOL = Pool(keep_s=_env_float("SIDEBAND_RDT_KEEP_S", 2.0))
+POOL = Pool()
 
 
 def owned(nbytes: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,10 +27,13 @@ import tempfile
 import uuid
 from typing import Any
 
+from sideband import config
 from sideband.errors import TestbedError
 from sideband.testbed import _sys, links, network, nodes
 from sideband.testbed.driver import ENV_INFO, DriverRun
 from sideband.testbed.host import LOCAL, NETNS, Host
+
+log = logging.getLogger("sideband.testbed")
 
 _MODES = ("auto", NETNS, LOCAL)
 
@@ -63,13 +67,11 @@ class Testbed:
             raise TestbedError(f"mode must be one of {_MODES}, got {mode!r}")
         #: Why this test bed runs in local mode (None in netns mode).
         self.fallback_reason: str | None = None
-        if mode == "auto" and os.environ.get("SIDEBAND_TESTBED_MODE"):
-            mode = os.environ["SIDEBAND_TESTBED_MODE"]
-            self.fallback_reason = "local mode requested by SIDEBAND_TESTBED_MODE=local"
+        if mode == "auto" and config.is_set("SIDEBAND_TESTBED_MODE"):
+            mode = config.get("SIDEBAND_TESTBED_MODE")  # validated: one of _MODES
+            self.fallback_reason = f"{mode} mode requested by SIDEBAND_TESTBED_MODE={mode}"
         elif mode == LOCAL:
             self.fallback_reason = "local mode requested (mode='local')"
-        if mode not in _MODES:
-            raise TestbedError(f"SIDEBAND_TESTBED_MODE must be one of {_MODES}, got {mode!r}")
         if mode in ("auto", NETNS):
             why = _sys.netns_unavailable()
             if why is not None and mode == NETNS:
@@ -78,6 +80,8 @@ class Testbed:
                 (LOCAL, f"netns unavailable: {why}") if why else (NETNS, None)
             )
         self.mode: str = mode
+        if self.fallback_reason:
+            log.debug("test bed in local mode: %s", self.fallback_reason)
         self.tag = f"{_sys.PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cpus_per_host = cpus_per_host
         self.object_store_mb = object_store_mb

@@ -9,13 +9,13 @@ outside reads both from its stdout through :class:`DriverRun`.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import threading
 import time
 from typing import Any
 
+from sideband import config
 from sideband.errors import TestbedError
 from sideband.testbed._sys import kill_all, session_tree, spawn
 
@@ -27,10 +27,10 @@ EVENT_MARK = "TESTBED-EVENT "
 # -- inside a driver -------------------------------------------------------------------------------
 def info() -> dict[str, Any]:
     """The test bed's layout: mode, backend, Ray address and hosts (ip, resource)."""
-    raw = os.environ.get(ENV_INFO)
-    if not raw:
+    bed: dict[str, Any] | None = config.get(ENV_INFO)
+    if bed is None:
         raise TestbedError(f"{ENV_INFO} is not set: this process was not started by a Testbed")
-    return json.loads(raw)
+    return bed
 
 
 def connect(timeout_s: float = 90.0, **init_kwargs: Any) -> dict[str, Any]:

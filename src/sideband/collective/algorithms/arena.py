@@ -6,7 +6,9 @@ step number, wakes the peers that sleep, and waits until every peer's slot carri
 then it reads what it needs straight from the peers' slots (mapped in every rank). No framing, no
 rings, no copies out. Slots alternate, and every op waits for every rank, so a slot is rewritten
 only after all ranks have read it. Each slot also carries the op's sequence number and
-descriptor: ranks that disagree raise MismatchError, rooted ops included.
+descriptor: ranks that disagree raise MismatchError, rooted ops included. A peer's header is
+read from memory that peer writes, so its size is checked against the slot and read once: no
+part handed up ever reaches past a slot, whatever a peer wrote.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Arena:
         self.hdr = [[_slot(a, k)[0] for k in (0, 1)] for a in areas]
         self.data = [[_slot(a, k)[1] for k in (0, 1)] for a in areas]
         self.k = 0
+        self._sizes = [0] * self.n  # each part's size in the current op, as checked
         self._inside = False
         self._arrays: dict[tuple[int, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
         # Every wait of a large op also looks here: a peer that took the arena for the same op
@@ -58,7 +61,7 @@ class Arena:
 
         Views over the slots are made once per (slot, dtype, sizes) and reused.
         """
-        parts = self.exchange(tag, desc, mine)
+        parts = self.exchange(tag, desc, mine, len(mine))
         key = (self.k % 2, dtype, tuple(len(p) for p in parts))
         arrs = self._arrays.get(key)
         if arrs is None:
@@ -67,8 +70,12 @@ class Arena:
             arrs = self._arrays[key] = [np.frombuffer(p, dtype) for p in parts]
         return arrs
 
-    def exchange(self, tag: int, desc: int, mine: memoryview) -> list[memoryview]:
-        """Publish ``mine`` as this rank's part of op ``tag``; return every rank's part."""
+    def exchange(
+        self, tag: int, desc: int, mine: memoryview, expect: int | None = None
+    ) -> list[memoryview]:
+        """Publish ``mine`` as this rank's part of op ``tag``; return every rank's part.
+
+        ``expect``: the size every part must have (a peer whose slot says otherwise raises)."""
         comm, r = self.comm, self.rank
         self.k = k = self.k + 1
         step = k & 0xFFFFFFFF
@@ -90,12 +97,14 @@ class Arena:
                 bell.ring()
         pending = [p for p in range(self.n) if p != r]
         bell = comm.control.doorbell
+        sizes = self._sizes
+        sizes[r] = n
         self._inside = True
         try:
-            self._wait_all(comm, tag, desc, step, slot, h, n, pending, bell)
+            self._wait_all(comm, tag, desc, step, slot, h, n, pending, bell, expect)
         finally:
             self._inside = False
-        return [self.data[p][slot][: self.hdr[p][slot][4]] for p in range(self.n)]
+        return [self.data[p][slot][: sizes[p]] for p in range(self.n)]
 
     def _wait_all(
         self,
@@ -108,7 +117,10 @@ class Arena:
         n: int,
         pending: list[int],
         bell: memoryview,
+        expect: int | None,
     ) -> None:
+        """Wait until every pending peer published ``step``; note each one's size."""
+        sizes = self._sizes
         while True:
             seen = bell[0]
             still = []
@@ -116,13 +128,23 @@ class Arena:
                 ph = self.hdr[p][slot]
                 if ph[0] != step:
                     still.append(p)
-                elif ph[1] != tag or ph[2] != h[2] or ph[3] != h[3]:
+                    continue
+                got = ph[4]  # read once: the size checked is the size used
+                if ph[1] != tag or ph[2] != h[2] or ph[3] != h[3]:
                     raise MismatchError(
                         f"{comm.describe()}: rank {p} made a different call (op #{ph[1]}, "
-                        f"{ph[4]} bytes) than this rank (op #{tag}, {n} bytes): the ranks called "
+                        f"{got} bytes) than this rank (op #{tag}, {n} bytes): the ranks called "
                         "different operations, or the same one with different sizes, dtypes, "
                         "roots or reduce ops"
                     )
+                if got > SLOT_BYTES or (expect is not None and got != expect):
+                    # Same descriptor, so same sizes: the peer's process broke the protocol.
+                    raise MismatchError(
+                        f"{comm.describe()}: rank {p}'s arena slot claims {got} bytes for op "
+                        f"#{tag} (a slot holds {SLOT_BYTES}; this rank's part has {n}) under the "
+                        "same descriptor: its process wrote the shared arena out of protocol"
+                    )
+                sizes[p] = got
             pending = still
             if not pending:
                 return

@@ -14,6 +14,7 @@ from sideband.collective.algorithms import flat, hierarchical, zerocopy
 from sideband.collective.algorithms.arena import SLOT_BYTES, Arena
 from sideband.collective.algorithms.context import Op, Reducer, as_bytes
 from sideband.collective.algorithms.flat import SMALL_BYTES, barrier
+from sideband.errors import MismatchError
 
 __all__ = [
     "allgather",
@@ -71,6 +72,11 @@ def broadcast(op: Op, x: np.ndarray, root: int) -> None:
     if a is not None:
         parts = a.exchange(op.tag, op.desc, as_bytes(x) if op.rank == root else memoryview(b""))
         if op.rank != root:
+            if len(parts[root]) != x.nbytes:  # the descriptor agreed: only a hostile root
+                raise MismatchError(
+                    f"broadcast: rank {root} sent {len(parts[root])} bytes into rank "
+                    f"{op.rank}'s {x.nbytes}-byte buffer"
+                )
             as_bytes(x)[:] = parts[root]
         return
     if op.plan.hier is not None:

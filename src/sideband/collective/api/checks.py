@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sideband.collective.runtime import work
 from sideband.collective.runtime.buffers import Buffer, as_buffer, empty_like_buffer
 from sideband.collective.types import ReduceOp
 from sideband.errors import InvalidArgumentError
@@ -140,11 +141,13 @@ def _device(x: Any) -> Any:
     return None if dev is None or isinstance(x, np.ndarray) else str(dev)
 
 
-def out(g: Any, value: Any, like: Buffer, shape: tuple[int, ...], op: str) -> Buffer:
+def out(
+    g: Any, value: Any, like: Buffer, shape: tuple[int, ...], op: str, wro: bool = False
+) -> Buffer:
     """The validated output of an op (made like ``like`` when the caller passed none)."""
     if value is None:
         value = empty_like_buffer(like, shape)
-    ob = as_buffer(value, f"{what(g, op)} (out)", writable=True, fill=False)
+    ob = as_buffer(value, f"{what(g, op)} (out)", writable=True, fill=False, write_readonly=wro)
     if ob.dtype != like.dtype or int(np.prod(ob.shape)) != int(np.prod(shape)):
         raise InvalidArgumentError(
             f"{what(g, op)}: out must have shape {shape} and dtype {like.dtype}, got shape "
@@ -156,3 +159,18 @@ def out(g: Any, value: Any, like: Buffer, shape: tuple[int, ...], op: str) -> Bu
             f"), got {_device(ob.obj) or 'cpu'}"
         )
     return ob
+
+
+def blocking(g: Any, op: str, async_op: bool) -> None:
+    """Warn, once per op name and process, when a blocking op runs on a running event loop's
+    thread: it stalls every other coroutine there (an async actor's other calls) until all
+    ranks have called it. The awaitable form is the same op with ``async_op=True``."""
+    if async_op or not work.first_on_loop(op):
+        return  # the common cases cost one C call
+    work.warn_blocking(
+        f"{what(g, op)} blocks this thread, which is running an asyncio event loop (an async "
+        "actor's, say): every other coroutine on it waits until all ranks have called the op. "
+        f"Await it instead: `await group.{op}(..., async_op=True)` (a Work is awaitable; "
+        "drop-in users get the group from sideband.collective.get_group_handle(name)). "
+        "Warned once per op in this process."
+    )

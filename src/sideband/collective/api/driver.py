@@ -56,6 +56,8 @@ class GroupHandle:
         """End the group in every member (members that died are skipped) and in the registry."""
         import ray
 
+        # A declaration first, so that no member joins lazily while the others are destroyed.
+        session.retire(self.name, self.session)
         refs = []
         for a in self.actors:
             try:
@@ -144,11 +146,12 @@ def declare_group(
     name: str = "default",
     backend: Any = "auto",
     timeout_s: float = 60.0,
-) -> None:
+) -> GroupHandle:
     """Declare a group from the driver; each actor joins on its first ``get_group(name)``.
 
     Unlike :func:`create_group` this does not call the actors, so they may be busy; the group
-    forms when all of them first use it.
+    forms when all of them first use it. The declaration (which holds the group's secret) leaves
+    the KV once the group forms, when its formation fails, or on the handle's ``destroy()``.
     """
     name = checks.name(name)
     be = checks.backend(backend)
@@ -162,6 +165,8 @@ def declare_group(
     ids = _actor_ids(actors, "declare_group")
     rec = session.open_session(name, world_size, be, timeout_s, ids)
     _kv.put(session.decl_key(name), {"session": rec, "ranks": dict(zip(ids, ranks))})
+    by_rank = [a for _, a in sorted(zip(ranks, actors), key=lambda p: p[0])]
+    return GroupHandle(name, by_rank, rec["session"], be)
 
 
 def list_groups() -> list[dict[str, Any]]:

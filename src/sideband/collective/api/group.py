@@ -20,6 +20,7 @@ from sideband.collective.backends.torch_ops import Torch
 from sideband.collective.rendezvous import Joined, session
 from sideband.collective.runtime.buffers import PinnedPool
 from sideband.collective.runtime.executor import Executor
+from sideband.collective.runtime.work import Work
 from sideband.collective.transports import memfd
 from sideband.collective.types import ReduceOp
 
@@ -28,9 +29,11 @@ class Group:
     """This process's membership in a collective group: its rank and the operations.
 
     Array ops take numpy arrays or CPU torch tensors of any numeric dtype; ops that write a result
-    write it in place (``allreduce``, ``broadcast``, ``reduce`` on dst, ``recv``). Every op takes
-    ``async_op`` (return a :class:`Work` instead of blocking) and ``timeout_s`` (default: the
-    group's). Ops of one group run in the order they were called.
+    write it in place (``allreduce``, ``broadcast``, ``reduce`` on dst, ``recv``, ``sendrecv``,
+    and any ``out``). A read-only numpy array (as Ray hands out) is refused there unless the call
+    passes ``write_readonly=True``. Every op takes ``async_op`` (return a :class:`Work` instead
+    of blocking; ``await`` it in async code) and ``timeout_s`` (default: the group's). Ops of one
+    group run in the order they were called.
     """
 
     def __init__(
@@ -129,9 +132,10 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Reduce ``x`` across ranks, in place on every rank; returns ``x``."""
-        return ops.allreduce(self, x, op, async_op, timeout_s)
+        return ops.allreduce(self, x, op, async_op, timeout_s, write_readonly)
 
     def reduce(
         self,
@@ -141,21 +145,34 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Reduce ``x`` across ranks into ``x`` on ``dst``; others' ``x`` are left unchanged."""
-        return ops.reduce(self, x, dst, op, async_op, timeout_s)
+        return ops.reduce(self, x, dst, op, async_op, timeout_s, write_readonly)
 
     def broadcast(
-        self, x: Any, src: int = 0, *, async_op: bool = False, timeout_s: float | None = None
+        self,
+        x: Any,
+        src: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Copy ``src``'s ``x`` into ``x`` on every rank; returns ``x``."""
-        return ops.broadcast(self, x, src, async_op, timeout_s)
+        return ops.broadcast(self, x, src, async_op, timeout_s, write_readonly)
 
     def allgather(
-        self, x: Any, out: Any = None, *, async_op: bool = False, timeout_s: float | None = None
+        self,
+        x: Any,
+        out: Any = None,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Every rank's ``x``, stacked: shape ``(world_size, *x.shape)``."""
-        return ops.allgather(self, x, out, async_op, timeout_s)
+        return ops.allgather(self, x, out, async_op, timeout_s, write_readonly)
 
     def gather(
         self,
@@ -165,9 +182,10 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Every rank's ``x`` stacked on ``dst`` (None on other ranks)."""
-        return ops.gather(self, x, dst, out, async_op, timeout_s)
+        return ops.gather(self, x, dst, out, async_op, timeout_s, write_readonly)
 
     def scatter(
         self,
@@ -177,9 +195,10 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Row ``r`` of ``src``'s ``x`` (shape ``(world_size, ...)``) to rank ``r``."""
-        return ops.scatter(self, x, src, out, async_op, timeout_s)
+        return ops.scatter(self, x, src, out, async_op, timeout_s, write_readonly)
 
     def reduce_scatter(
         self,
@@ -189,15 +208,22 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Reduce ``x`` (shape ``(world_size, ...)``) across ranks; rank r gets row r."""
-        return ops.reduce_scatter(self, x, op, out, async_op, timeout_s)
+        return ops.reduce_scatter(self, x, op, out, async_op, timeout_s, write_readonly)
 
     def alltoall(
-        self, x: Any, out: Any = None, *, async_op: bool = False, timeout_s: float | None = None
+        self,
+        x: Any,
+        out: Any = None,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Row ``p`` of ``x`` goes to rank ``p``; row ``p`` of the result came from rank ``p``."""
-        return ops.alltoall(self, x, out, async_op, timeout_s)
+        return ops.alltoall(self, x, out, async_op, timeout_s, write_readonly)
 
     def barrier(self, *, async_op: bool = False, timeout_s: float | None = None) -> Any:
         """Return once every rank has entered the barrier."""
@@ -223,9 +249,47 @@ class Group:
         *,
         async_op: bool = False,
         timeout_s: float | None = None,
+        write_readonly: bool = False,
     ) -> Any:
         """Receive into ``out`` from rank ``src``; returns ``out``."""
-        return ops.recv(self, out, src, tag, async_op, timeout_s)
+        return ops.recv(self, out, src, tag, async_op, timeout_s, write_readonly)
+
+    def sendrecv(
+        self,
+        x: Any,
+        dst: int,
+        out: Any,
+        src: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout_s: float | None = None,
+        write_readonly: bool = False,
+    ) -> Any:
+        """Send ``x`` to ``dst`` and receive into ``out`` from ``src`` at once; returns ``out``.
+
+        MPI_Sendrecv (torch: ``batch_isend_irecv`` of one isend and one irecv): both directions
+        progress together, so a ring of sendrecvs never deadlocks whatever the sizes. Peers
+        match it with ``recv``/``send`` or their own ``sendrecv`` (same ``tag``); ``out`` may be
+        ``x`` (sent, then replaced).
+        """
+        return ops.sendrecv(self, x, dst, out, src, tag, async_op, timeout_s, write_readonly)
+
+    def isend(self, x: Any, dst: int, tag: int = 0, *, timeout_s: float | None = None) -> Work:
+        """torch's name of ``send(x, dst, tag, async_op=True)``: returns its :class:`Work`."""
+        return ops.send(self, x, dst, tag, True, timeout_s)
+
+    def irecv(
+        self,
+        out: Any,
+        src: int,
+        tag: int = 0,
+        *,
+        timeout_s: float | None = None,
+        write_readonly: bool = False,
+    ) -> Work:
+        """torch's name of ``recv(out, src, tag, async_op=True)``: returns its :class:`Work`."""
+        return ops.recv(self, out, src, tag, True, timeout_s, write_readonly)
 
     def broadcast_object(
         self,

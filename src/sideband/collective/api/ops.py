@@ -6,6 +6,10 @@ do it, and hands the validated buffers to it. Where an op runs: torch.distribute
 "torch_gloo", or NCCL for CUDA tensors when every rank has a GPU of its own, or "torch_nccl"),
 CUDA IPC (ranks on one GPU: send/recv, broadcast), or the native algorithms (CUDA tensors staged
 through pinned host memory). Every rank decides alike from what all ranks agreed (``Gpu.agree``).
+
+Every function first warns (once per op) if it would block a running event loop's thread
+(``checks.blocking``); ``wro`` is the caller's ``write_readonly`` (write results into read-only
+numpy arrays instead of refusing them).
 """
 
 from __future__ import annotations
@@ -88,24 +92,34 @@ def _reducing(g: Group, what: str, buf: Buffer, rop: Any) -> tuple[Any, Any]:
 # --- array ops ---------------------------------------------------------------------------------
 
 
-def allreduce(g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
+def allreduce(
+    g: Group, x: Any, op: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "allreduce", async_op)
     what = checks.what(g, "allreduce")
-    buf = as_buffer(x, what, writable=True)
+    buf = as_buffer(x, what, writable=True, write_readonly=wro)
     be, rop = _reducing(g, what, buf, op)
     return be.allreduce(buf, rop, async_op, timeout_s)
 
 
-def reduce(g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float | None) -> Any:
+def reduce(
+    g: Group, x: Any, dst: Any, op: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "reduce", async_op)
     dst = checks.rank(g, dst, "dst", "reduce")
     what = checks.what(g, "reduce")
-    buf = as_buffer(x, what, writable=g.rank == dst)
+    buf = as_buffer(x, what, writable=g.rank == dst, write_readonly=wro)
     be, rop = _reducing(g, what, buf, op)
     return be.reduce(buf, dst, rop, async_op, timeout_s)
 
 
-def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+def broadcast(
+    g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "broadcast", async_op)
     src = checks.rank(g, src, "src", "broadcast")
-    buf = as_buffer(x, checks.what(g, "broadcast"), writable=g.rank != src, fill=g.rank == src)
+    what = checks.what(g, "broadcast")
+    buf = as_buffer(x, what, writable=g.rank != src, fill=g.rank == src, write_readonly=wro)
     be = _backend(g, buf)
     if buf.cuda and be is g._native and g.world_size > 1:
         plan = gpu(g).plan
@@ -114,20 +128,30 @@ def broadcast(g: Group, x: Any, src: Any, async_op: bool, timeout_s: float | Non
     return be.broadcast(buf, src, async_op, timeout_s)
 
 
-def allgather(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+def allgather(
+    g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "allgather", async_op)
     buf = as_buffer(x, checks.what(g, "allgather"), writable=False)
-    ob = checks.out(g, out, buf, (g.world_size, *buf.shape), "allgather")
+    ob = checks.out(g, out, buf, (g.world_size, *buf.shape), "allgather", wro)
     return _backend(g, buf).allgather(buf, ob, async_op, timeout_s)
 
 
-def gather(g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+def gather(
+    g: Group, x: Any, dst: Any, out: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "gather", async_op)
     dst = checks.rank(g, dst, "dst", "gather")
     buf = as_buffer(x, checks.what(g, "gather"), writable=False)
-    ob = checks.out(g, out, buf, (g.world_size, *buf.shape), "gather") if g.rank == dst else None
+    shape = (g.world_size, *buf.shape)
+    ob = checks.out(g, out, buf, shape, "gather", wro) if g.rank == dst else None
     return _backend(g, buf).gather(buf, dst, ob, async_op, timeout_s)
 
 
-def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+def scatter(
+    g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "scatter", async_op)
     what = checks.what(g, "scatter")
     src = checks.rank(g, src, "src", "scatter")
     buf = row = None
@@ -136,13 +160,17 @@ def scatter(g: Group, x: Any, src: Any, out: Any, async_op: bool, timeout_s: flo
             raise InvalidArgumentError(f"{what}: the src rank must pass the array to scatter")
         buf = as_buffer(x, what, writable=False)
         row = checks.rows(g, buf, "scatter")
-    given = None if out is None else as_buffer(out, f"{what} (out)", writable=True, fill=False)
+    given = (
+        None
+        if out is None
+        else as_buffer(out, f"{what} (out)", writable=True, fill=False, write_readonly=wro)
+    )
     like = buf if buf is not None else given
 
     def make_out(dtype: str, shape: tuple[int, ...]) -> Buffer:
         if given is not None and given.dtype != dtype:
             raise InvalidArgumentError(f"{what}: out has dtype {given.dtype}, src sends {dtype}")
-        return checks.out(g, out, like or _template(g, dtype), shape, "scatter")
+        return checks.out(g, out, like or _template(g, dtype), shape, "scatter", wro)
 
     if like is not None:
         be = _backend(g, like)
@@ -163,23 +191,28 @@ def _template(g: Group, dtype: str) -> Buffer:
 
 
 def reduce_scatter(
-    g: Group, x: Any, op: Any, out: Any, async_op: bool, timeout_s: float | None
+    g: Group, x: Any, op: Any, out: Any, async_op: bool, timeout_s: float | None, wro: bool = False
 ) -> Any:
+    checks.blocking(g, "reduce_scatter", async_op)
     what = checks.what(g, "reduce_scatter")
     buf = as_buffer(x, what, writable=False)
     be, rop = _reducing(g, what, buf, op)
-    ob = checks.out(g, out, buf, checks.rows(g, buf, "reduce_scatter"), "reduce_scatter")
+    ob = checks.out(g, out, buf, checks.rows(g, buf, "reduce_scatter"), "reduce_scatter", wro)
     return be.reduce_scatter(buf, rop, ob, async_op, timeout_s)
 
 
-def alltoall(g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None) -> Any:
+def alltoall(
+    g: Group, x: Any, out: Any, async_op: bool, timeout_s: float | None, wro: bool = False
+) -> Any:
+    checks.blocking(g, "alltoall", async_op)
     buf = as_buffer(x, checks.what(g, "alltoall"), writable=False)
     checks.rows(g, buf, "alltoall")
-    ob = checks.out(g, out, buf, buf.shape, "alltoall")
+    ob = checks.out(g, out, buf, buf.shape, "alltoall", wro)
     return _backend(g, buf).alltoall(buf, ob, async_op, timeout_s)
 
 
 def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "barrier", async_op)
     return g._native.barrier(async_op, timeout_s)
 
 
@@ -187,6 +220,7 @@ def barrier(g: Group, async_op: bool, timeout_s: float | None) -> Any:
 
 
 def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "send", async_op)
     dst = checks.peer(g, dst, "dst", "send")
     tag = checks.tag(g, tag, "send")
     buf = as_buffer(x, checks.what(g, "send"), writable=False)
@@ -196,14 +230,53 @@ def send(g: Group, x: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float 
     return be.send(buf, dst, tag, async_op, timeout_s)
 
 
-def recv(g: Group, out: Any, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+def recv(
+    g: Group,
+    out: Any,
+    src: Any,
+    tag: Any,
+    async_op: bool,
+    timeout_s: float | None,
+    wro: bool = False,
+) -> Any:
+    checks.blocking(g, "recv", async_op)
     src = checks.peer(g, src, "src", "recv")
     tag = checks.tag(g, tag, "recv")
-    buf = as_buffer(out, checks.what(g, "recv"), writable=True, fill=False)
+    buf = as_buffer(out, checks.what(g, "recv"), writable=True, fill=False, write_readonly=wro)
     be = _p2p_backend(g, buf, src, timeout_s)
     if be == "ipc":
         return _ipc_p2p(g, "recv", buf, src, tag, async_op, timeout_s)
     return be.recv(buf, src, tag, async_op, timeout_s)
+
+
+def sendrecv(
+    g: Group,
+    x: Any,
+    dst: Any,
+    out: Any,
+    src: Any,
+    tag: Any,
+    async_op: bool,
+    timeout_s: float | None,
+    wro: bool = False,
+) -> Any:
+    """Send ``x`` to ``dst`` while receiving into ``out`` from ``src``, both progressing at once
+    (MPI_Sendrecv): pairs with any send / recv / sendrecv of the peers, never deadlocks."""
+    checks.blocking(g, "sendrecv", async_op)
+    dst = checks.peer(g, dst, "dst", "sendrecv")
+    src = checks.peer(g, src, "src", "sendrecv")
+    tag = checks.tag(g, tag, "sendrecv")
+    what = checks.what(g, "sendrecv")
+    sb = as_buffer(x, what, writable=False)
+    rb = as_buffer(out, f"{what} (out)", writable=True, fill=False, write_readonly=wro)
+    routes = {_p2p_backend(g, sb, dst, timeout_s), _p2p_backend(g, rb, src, timeout_s)}
+    if routes != {g._native}:
+        raise BackendUnavailableError(
+            f"{what}: sendrecv runs on sideband's native backend, and this group sends these "
+            f"arrays through {g.backend!r} or CUDA IPC; use send and recv in an order both ranks "
+            "agree on (the lower rank sends first) instead"
+        )
+    return g._native.sendrecv(sb, dst, rb, src, tag, async_op, timeout_s)
 
 
 def _ipc_p2p(
@@ -242,20 +315,24 @@ def _ipc_broadcast(g: Group, buf: Buffer, src: int, async_op: bool, timeout_s: f
 
 
 def broadcast_object(g: Group, obj: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "broadcast_object", async_op)
     src = checks.rank(g, src, "src", "broadcast_object")
     return g._native.broadcast_object(obj, src, async_op, timeout_s)
 
 
 def allgather_object(g: Group, obj: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "allgather_object", async_op)
     return g._native.allgather_object(obj, async_op, timeout_s)
 
 
 def gather_object(g: Group, obj: Any, dst: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "gather_object", async_op)
     dst = checks.rank(g, dst, "dst", "gather_object")
     return g._native.gather_object(obj, dst, async_op, timeout_s)
 
 
 def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "scatter_object", async_op)
     src = checks.rank(g, src, "src", "scatter_object")
     if g.rank == src and (objs is None or len(objs) != g.world_size):
         raise InvalidArgumentError(
@@ -268,12 +345,14 @@ def scatter_object(g: Group, objs: Any, src: Any, async_op: bool, timeout_s: flo
 def send_object(
     g: Group, obj: Any, dst: Any, tag: Any, async_op: bool, timeout_s: float | None
 ) -> Any:
+    checks.blocking(g, "send_object", async_op)
     dst = checks.peer(g, dst, "dst", "send_object")
     tag = checks.tag(g, tag, "send_object")
     return g._native.send_object(obj, dst, tag, async_op, timeout_s)
 
 
 def recv_object(g: Group, src: Any, tag: Any, async_op: bool, timeout_s: float | None) -> Any:
+    checks.blocking(g, "recv_object", async_op)
     src = checks.peer(g, src, "src", "recv_object")
     tag = checks.tag(g, tag, "recv_object")
     return g._native.recv_object(src, tag, async_op, timeout_s)

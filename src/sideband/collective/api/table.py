@@ -64,18 +64,23 @@ def join(
     except BaseException:
         with _TABLE_LOCK:
             _GROUPS.pop(name, None)
+        if session_rec is not None:  # the driver's session (declared or created) failed to form
+            session.retire_quietly(name, session_rec["session"])
         raise
     g = Group(name, rank, world_size, be, timeout_s, joined)
     kind = checks.TORCH_KINDS.get(be)
-    if kind is not None:
-        # Every member builds the torch process group now, over the native group just formed.
-        try:
+    try:
+        if rank == 0:
+            # Formed: every member holds the secret, so it (and any declaration) leaves the KV.
+            session.retire(name, g.session)
+        if kind is not None:
+            # Every member builds the torch process group now, over the native group just formed.
             g._torch = Torch.create(g._native, g.session, kind)
-        except BaseException:
-            g._close()
-            with _TABLE_LOCK:
-                _GROUPS.pop(name, None)
-            raise
+    except BaseException:
+        g._close()
+        with _TABLE_LOCK:
+            _GROUPS.pop(name, None)
+        raise
     with _TABLE_LOCK:
         _GROUPS[name] = g
     return g

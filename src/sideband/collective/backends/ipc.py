@@ -17,12 +17,13 @@ is destroyed.
 from __future__ import annotations
 
 import collections
-import os
+import logging
 import pickle
 import struct
 import threading
 from typing import Any
 
+from sideband import config
 from sideband.collective.algorithms import objects
 from sideband.collective.backends.cuda import Gpu
 from sideband.collective.comm.framing import KIND_IPC_ACK, KIND_P2P
@@ -30,19 +31,36 @@ from sideband.errors import CollectiveError, MismatchError
 
 _META = struct.Struct("<Q64s")  # nbytes, event handle; torch's pickled description follows
 _MAX_MAPPINGS = 32
+log = logging.getLogger("sideband.collective")
 
 
 def usable() -> bool:
     """Whether CUDA IPC can be attempted in this process (``SIDEBAND_CUDA_IPC=0`` turns it off,
     e.g. to compare with staging; every rank of a group must see the same setting)."""
-    if os.environ.get("SIDEBAND_CUDA_IPC", "1") == "0":
+    if not config.get("SIDEBAND_CUDA_IPC"):
+        _fallback("SIDEBAND_CUDA_IPC=0")
         return False
     try:
         import torch
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+        ok = bool(torch.cuda.is_available())
+    except Exception as e:
+        ok, why = False, f"torch.cuda unusable: {e}"
+    else:
+        why = "torch.cuda.is_available() is False"
+    if not ok:
+        _fallback(why)
+    return ok
+
+
+_told: set[str] = set()
+
+
+def _fallback(why: str) -> None:
+    """Say once per process and reason that same-GPU ops stage through host memory."""
+    if why not in _told:
+        _told.add(why)
+        log.debug("CUDA IPC off (%s): tensors on one GPU go through host memory", why)
 
 
 class IpcState:

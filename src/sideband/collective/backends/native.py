@@ -11,14 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from sideband import guard
 from sideband.collective.algorithms import dispatch, objects
 from sideband.collective.algorithms.context import Op, as_bytes
 from sideband.collective.comm.framing import KIND_P2P, OBJECT_DESC, descriptor
 from sideband.collective.runtime import reduce as red
 from sideband.collective.runtime.buffers import Buffer, PinnedPool
-from sideband.collective.runtime.executor import Executor
+from sideband.collective.runtime.executor import Completed, Executor
 from sideband.collective.types import ReduceOp
+from sideband.errors import PeerOpError
+
+# What a rank sends in place of an object it could not pickle (pickles start with 0x80).
+_FAILED = b"\x00sideband: failed\x00"
 
 
 class Native:
@@ -53,7 +59,8 @@ class Native:
                     stage(pool, key)
                 return inner(o)
 
-        return self.ex.submit(label, desc, body, aop, timeout_s, p2p)
+        nbytes = bufs[0].nbytes if bufs and bufs[0] is not None else 0
+        return self.ex.submit(label, desc, body, aop, timeout_s, p2p, nbytes)
 
     # -- array ops (arguments validated by the edge) ---------------------------------------------
     def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
@@ -146,7 +153,9 @@ class Native:
             ob.finish()
             return ob.obj
 
-        return self.ex.submit(f"scatter(src={src})", descriptor("scatter", src), body, aop, t)
+        nbytes = 0 if buf is None else buf.nbytes
+        desc = descriptor("scatter", src)
+        return self.ex.submit(f"scatter(src={src})", desc, body, aop, t, nbytes=nbytes)
 
     def reduce_scatter(
         self, buf: Buffer, rop: ReduceOp, ob: Buffer, aop: bool, t: float | None
@@ -198,69 +207,143 @@ class Native:
         label = f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})"
         return self._run(label, 0, body, (buf,), aop, t, p2p=True)
 
-    # -- objects: pickled (refusing ObjectRefs) before anything is sent, so a bad object leaves
-    # the group usable; unpickled only after the op, from authenticated members -------------------
+    def sendrecv(
+        self, sb: Buffer, dst: int, rb: Buffer, src: int, tag: int, aop: bool, t: float | None
+    ) -> Any:
+        # One descriptor for both directions (exchange takes one): the dtype is checked end to
+        # end when both directions move the same dtype, sizes always.
+        sdesc, rdesc = descriptor("p2p", sb.dtype), descriptor("p2p", rb.dtype)
+        desc = sdesc if sdesc == rdesc else 0
+
+        def body(o: Op) -> Any:
+            data = sb.arr
+            if np.may_share_memory(data, rb.arr):  # out is x (MPI_Sendrecv_replace): send a copy
+                data = data.copy()
+            o.comm.exchange([(dst, as_bytes(data))], [(src, as_bytes(rb.arr))], KIND_P2P, tag, desc)
+            rb.finish()
+            return rb.obj
+
+        label = (
+            f"sendrecv({sb.dtype}{list(sb.shape)} to rank {dst}, {rb.dtype}{list(rb.shape)} from "
+            f"rank {src}, tag={tag})"
+        )
+        return self._run(label, 0, body, (sb, rb), aop, t, p2p=True)
+
+    # -- objects: pickled (refusing ObjectRefs) before anything is sent, unpickled only after the
+    # op, from authenticated members. A rank whose object cannot be pickled still takes part: it
+    # sends a failure notice in its object's place, so every rank finishes the op and raises
+    # (the failing rank its own error, the others PeerOpError naming it); the group stays usable.
+    def _pickle(self, obj: Any, where: str) -> tuple[bytes, BaseException | None]:
+        try:
+            return guard.dumps(obj, where=f"{where} on rank {self.rank}"), None
+        except Exception as e:
+            return _FAILED + f"{type(e).__name__}: {e}".encode(errors="replace"), e
+
+    def _unpickle(self, data: memoryview, src: int, what: str) -> Any:
+        if bytes(data[: len(_FAILED)]) == _FAILED:
+            raise PeerOpError(
+                f"{what} on rank {self.rank}: rank {src} could not take part "
+                f"({bytes(data[len(_FAILED) :]).decode(errors='replace')}); no rank used the "
+                "result, and the group stays usable"
+            )
+        return guard.loads(data)
+
+    def _objects(
+        self,
+        label: str,
+        desc: int,
+        body: Callable[[Op], Any],
+        err: BaseException | None,
+        aop: bool,
+        t: float | None,
+        p2p: bool = False,
+    ) -> Any:
+        def run(o: Op) -> Any:
+            try:
+                out = body(o)
+            except PeerOpError as e:
+                # Another rank failed: this one reports its own error if it has one.
+                raise Completed(err or e) from None
+            if err is not None:
+                raise Completed(err)
+            return out
+
+        return self.ex.submit(label, desc, run, aop, t, p2p)
+
     def broadcast_object(
         self, obj: Any, src: int, aop: bool = False, t: float | None = None
     ) -> Any:
         me = self.rank
-        data = guard.dumps(obj, where=f"broadcast_object on rank {me}") if me == src else None
+        data, err = self._pickle(obj, "broadcast_object") if me == src else (None, None)
 
         def body(o: Op) -> Any:
             got = objects.broadcast_bytes(o, data, src)
-            return obj if me == src else guard.loads(got)
+            return obj if me == src else self._unpickle(got, src, "broadcast_object")
 
         desc = descriptor("broadcast_object", src)
-        return self.ex.submit("broadcast_object", desc, body, aop, t)
+        return self._objects("broadcast_object", desc, body, err, aop, t)
 
     def allgather_object(self, obj: Any, aop: bool = False, t: float | None = None) -> Any:
-        me = self.rank
-        data = guard.dumps(obj, where=f"allgather_object on rank {me}")
+        data, err = self._pickle(obj, "allgather_object")
 
         def body(o: Op) -> Any:
             got = objects.allgather_bytes(o, data)
-            return [obj if p == me else guard.loads(d) for p, d in enumerate(got)]
+            return self._gathered(got, obj, "allgather_object")
 
-        return self.ex.submit("allgather_object", descriptor("allgather_object"), body, aop, t)
+        desc = descriptor("allgather_object")
+        return self._objects("allgather_object", desc, body, err, aop, t)
+
+    def _gathered(self, got: list[memoryview], obj: Any, what: str) -> list[Any]:
+        # Every notice is checked before anything is unpickled: one failing rank is reported
+        # alike by all ranks.
+        for p, d in enumerate(got):
+            if p != self.rank and bytes(d[: len(_FAILED)]) == _FAILED:
+                self._unpickle(d, p, what)
+        return [obj if p == self.rank else guard.loads(d) for p, d in enumerate(got)]
 
     def gather_object(self, obj: Any, dst: int, aop: bool, t: float | None) -> Any:
-        me = self.rank
-        data = guard.dumps(obj, where=f"gather_object on rank {me}")
+        data, err = self._pickle(obj, "gather_object")
 
         def body(o: Op) -> Any:
             got = objects.gather_bytes(o, data, dst)
-            if got is None:
-                return None
-            return [obj if p == me else guard.loads(d) for p, d in enumerate(got)]
+            return None if got is None else self._gathered(got, obj, "gather_object")
 
-        return self.ex.submit("gather_object", descriptor("gather_object", dst), body, aop, t)
+        return self._objects("gather_object", descriptor("gather_object", dst), body, err, aop, t)
 
     def scatter_object(self, objs: Any, src: int, aop: bool, t: float | None) -> Any:
         me = self.rank
-        parts = None
+        parts: list[bytes] | None = None
+        err = None
         if me == src:
-            parts = [guard.dumps(x, where=f"scatter_object on rank {me}") for x in objs]
+            pickled = [self._pickle(x, "scatter_object") for x in objs]
+            err = next((e for _, e in pickled if e is not None), None)
+            parts = [d for d, _ in pickled]
+            if err is not None:  # every rank hears of the failure, not only the one whose
+                failed = next(d for d, e in pickled if e is not None)
+                parts = [failed] * len(parts)
 
         def body(o: Op) -> Any:
             got = objects.scatter_bytes(o, parts, src)
-            return objs[src] if me == src else guard.loads(got)
+            return objs[src] if me == src else self._unpickle(got, src, "scatter_object")
 
-        return self.ex.submit("scatter_object", descriptor("scatter_object", src), body, aop, t)
+        desc = descriptor("scatter_object", src)
+        return self._objects("scatter_object", desc, body, err, aop, t)
 
     def send_object(self, obj: Any, dst: int, tag: int, aop: bool, t: float | None) -> Any:
-        data = guard.dumps(obj, where=f"send_object from rank {self.rank} to rank {dst}")
+        data, err = self._pickle(obj, f"send_object to rank {dst}")
 
         def body(o: Op) -> None:
             o.comm.exchange([(dst, memoryview(data))], [], KIND_P2P, tag, OBJECT_DESC)
 
-        return self.ex.submit(f"send_object(dst={dst}, tag={tag})", 0, body, aop, t, p2p=True)
+        label = f"send_object(dst={dst}, tag={tag})"
+        return self._objects(label, 0, body, err, aop, t, p2p=True)
 
     def recv_object(self, src: int, tag: int, aop: bool, t: float | None) -> Any:
         def body(o: Op) -> Any:
             (data,) = o.comm.exchange([], [(src, None)], KIND_P2P, tag, OBJECT_DESC)
-            return guard.loads(data)
+            return self._unpickle(data, src, "recv_object")
 
-        return self.ex.submit(f"recv_object(src={src}, tag={tag})", 0, body, aop, t, p2p=True)
+        return self._objects(f"recv_object(src={src}, tag={tag})", 0, body, None, aop, t, True)
 
     def hello(self, peer: int, kind: int, data: bytes, t: float | None) -> bytes:
         """Swap ``data`` with ``peer`` as a message of ``kind`` (a pairwise handshake)."""

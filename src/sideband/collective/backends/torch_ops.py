@@ -100,7 +100,8 @@ class Torch(TorchBackend):
         p2p: bool = False,
         peers: list[int] | None = None,
     ) -> Any:
-        return self.run(label, desc, issue, finish, aop, t, _stream(ref), p2p, peers)
+        nbytes = ref.numel() * ref.element_size()
+        return self.run(label, desc, issue, finish, aop, t, _stream(ref), p2p, peers, nbytes)
 
     def _reduction(
         self,

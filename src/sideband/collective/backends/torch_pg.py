@@ -208,8 +208,10 @@ class TorchBackend:
         stream: Any = None,
         p2p: bool = False,
         peers: list[int] | None = None,
+        nbytes: int = 0,
     ) -> Any:
-        """Issue ``issue()`` (returns a torch Work) in order, wait for it, return ``finish()``."""
+        """Issue ``issue()`` (returns a torch Work) in order, wait for it, return ``finish()``
+        (``nbytes``: the op's input on this rank, for the metrics)."""
         torch, _ = _torch()
         waiting = peers if peers is not None else [p for p in range(self.n) if p != self.rank]
 
@@ -228,7 +230,13 @@ class TorchBackend:
 
         try:
             return self.ex.submit(
-                f"{label} [torch {self.kind}]", desc, body, async_op, timeout_s, p2p=p2p
+                f"{label} [torch {self.kind}]",
+                desc,
+                body,
+                async_op,
+                timeout_s,
+                p2p=p2p,
+                nbytes=nbytes,
             )
         except CollectiveError:
             self._mark_broken()

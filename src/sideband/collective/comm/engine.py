@@ -19,6 +19,7 @@ from sideband.collective.comm.framing import HEADER, KIND_COLL, KIND_P2P, KIND_R
 from sideband.collective.comm.liveness import Liveness
 from sideband.collective.transports.base import Channel
 from sideband.collective.transports.control import Control
+from sideband.collective.transports.tcp import peer_buffer_bytes
 from sideband.errors import MismatchError
 
 _HDR = HEADER.size
@@ -68,6 +69,7 @@ class Recv:
         "_stash_key",
         "_stash_desc",
         "_ref",
+        "_held",
         "via_ref",
     )
 
@@ -89,9 +91,10 @@ class Recv:
         self._stash_key: tuple[int, int] | None = None
         self._ref = False
         self.via_ref = False
-        stashed = comm.stash[peer].get((kind, tag))
+        self._held: tuple[int, int, int, int] | None = None
+        stashed = comm.unstash(peer, (kind, tag))
         if stashed:
-            desc_got, payload = stashed.popleft()
+            desc_got, payload = stashed
             self.accept(desc_got, len(payload))
             if self.into is not None:
                 self.into[:] = payload
@@ -100,10 +103,9 @@ class Recv:
                 self.result = payload
             self.done = True
         elif kind == KIND_P2P:
-            stashed = comm.stash[peer].get((KIND_REF, tag))
+            stashed = comm.unstash(peer, (KIND_REF, tag))
             if stashed:
-                desc_got, payload = stashed.popleft()
-                comm.refs.take(self, desc_got, payload)
+                comm.refs.take(self, *stashed)
 
     def accept(self, desc: int, nbytes: int) -> None:
         """Check an arriving message against this receive (descriptor, size)."""
@@ -129,6 +131,11 @@ class Recv:
         progressed = False
         while not self.done:
             if self._dest is None:
+                if self._held is not None:
+                    if not self._route(*self._held):
+                        return progressed
+                    self._held = None
+                    continue
                 n = ch.read_into(self._hdr[self._hoff :])
                 if n == 0:
                     return progressed
@@ -137,47 +144,66 @@ class Recv:
                 if self._hoff < _HDR:
                     continue
                 self._hoff = 0
-                kind, tag, nbytes, desc = HEADER.unpack(self._hdr)
-                if kind == self.kind and tag == self.tag:
-                    self.accept(desc, nbytes)
-                    self._dest = (
-                        self.into if self.into is not None else memoryview(bytearray(nbytes))
-                    )
-                    self._stash_key = None
-                    self._ref = False
-                elif kind == KIND_REF and self.kind == KIND_P2P and tag == self.tag:
-                    self._dest = memoryview(bytearray(nbytes))
-                    self._stash_key = None
-                    self._stash_desc = desc
-                    self._ref = True
-                elif kind == KIND_COLL and self.kind == KIND_COLL:
-                    raise MismatchError(
-                        f"rank {self.peer} is in op #{tag} while this rank is in op #{self.tag} "
-                        f"({self.comm.describe()}): the ranks called different sequences of "
-                        "operations"
-                    )
-                else:
-                    self._dest = memoryview(bytearray(nbytes))
-                    self._stash_key = (kind, tag)
-                    self._stash_desc = desc
-                self._doff = 0
-            if self._doff < len(self._dest):
-                n = ch.read_into(self._dest[self._doff :])
+                header = HEADER.unpack(self._hdr)
+                if not self._route(*header):
+                    self._held = header
+                    return progressed
+            dest = self._dest
+            assert dest is not None  # routed above
+            if self._doff < len(dest):
+                n = ch.read_into(dest[self._doff :])
                 if n == 0:
                     return progressed
                 progressed = True
                 self._doff += n
-                if self._doff < len(self._dest):
+                if self._doff < len(dest):
                     continue
             if self._ref:
-                self.comm.refs.take(self, self._stash_desc, self._dest)
+                self.comm.refs.take(self, self._stash_desc, dest)
             elif self._stash_key is None:
-                self.result = self._dest
+                self.result = dest
                 self.done = True
             else:
-                self.comm.stash[self.peer][self._stash_key].append((self._stash_desc, self._dest))
+                self.comm.stash_put(self.peer, self._stash_key, self._stash_desc, dest)
                 self._dest = None
         return progressed
+
+    def _route(self, kind: int, tag: int, nbytes: int, desc: int) -> bool:
+        """Where the message whose header was just read goes: False while it must wait (an
+        unasked-for message over the peer's stash bound: TCP's flow control, or the ring, then
+        holds the sender)."""
+        if kind == self.kind and tag == self.tag:
+            self.accept(desc, nbytes)
+            self._dest = self.into if self.into is not None else memoryview(bytearray(nbytes))
+            self._stash_key = None
+            self._ref = False
+        elif kind == KIND_REF and self.kind == KIND_P2P and tag == self.tag:
+            self._dest = memoryview(bytearray(nbytes))
+            self._stash_key = None
+            self._stash_desc = desc
+            self._ref = True
+        elif kind == KIND_COLL and self.kind == KIND_COLL:
+            raise MismatchError(
+                f"rank {self.peer} is in op #{tag} while this rank is in op #{self.tag} "
+                f"({self.comm.describe()}): the ranks called different sequences of "
+                "operations"
+            )
+        else:
+            comm = self.comm
+            held = comm.stashed_bytes[self.peer]
+            if held and held + nbytes > comm.stash_limit:
+                comm.live.note = (
+                    f"{comm.who(self.peer)} sent {held + nbytes} bytes of messages this rank has "
+                    f"not asked for yet, over the bound of {comm.stash_limit} "
+                    "(SIDEBAND_PEER_BUFFER_BYTES): receive messages in the order they were "
+                    "sent, or raise the bound"
+                )
+                return False
+            self._dest = memoryview(bytearray(nbytes))
+            self._stash_key = (kind, tag)
+            self._stash_desc = desc
+        self._doff = 0
+        return True
 
 
 class Comm:
@@ -204,10 +230,13 @@ class Comm:
         self.spin = spin
         # The by-reference protocol of p2p payloads in shared blocks (comm/byref.py).
         self.refs = refs
-        # Messages that arrived before anyone asked for them, per peer and (kind, tag).
+        # Messages that arrived before anyone asked for them, per peer and (kind, tag), and
+        # their bytes per peer: bounded, so a peer that runs ahead cannot exhaust this rank.
         self.stash: collections.defaultdict[
             int, collections.defaultdict[tuple[int, int], collections.deque]
         ] = collections.defaultdict(lambda: collections.defaultdict(collections.deque))
+        self.stashed_bytes: collections.Counter[int] = collections.Counter()
+        self.stash_limit = peer_buffer_bytes()
         self.check = live.check
         self.describe = live.describe
         self.who = live.who
@@ -220,6 +249,20 @@ class Comm:
         # Undone in reverse order by close() (segment, arena, helper threads of the layers above).
         self.closers: list[Callable[[], None]] = []
 
+    # -- early arrivals --------------------------------------------------------------------------
+    def stash_put(self, peer: int, key: tuple[int, int], desc: int, payload: memoryview) -> None:
+        self.stash[peer][key].append((desc, payload))
+        self.stashed_bytes[peer] += len(payload)
+
+    def unstash(self, peer: int, key: tuple[int, int]) -> tuple[int, memoryview] | None:
+        """The oldest early message from ``peer`` under ``key``, if any."""
+        q = self.stash[peer].get(key)
+        if not q:
+            return None
+        desc, payload = q.popleft()
+        self.stashed_bytes[peer] -= len(payload)
+        return desc, payload
+
     # -- op bracket and failure ------------------------------------------------------------------
 
     @property
@@ -230,8 +273,11 @@ class Comm:
         return self.control.abort_reason()
 
     def abort(self, err: BaseException) -> None:
-        """Mark the group broken here and, best effort, on every peer."""
-        reason = abort_reason(err)
+        """Mark the group broken here and, best effort, on every peer (naming this rank)."""
+        msg = str(err)
+        if f"rank {self.rank}" not in msg:
+            msg = f"rank {self.rank} failed in {self.live.current_op or 'an op'}: {msg}"
+        reason = abort_reason(err, msg)
         # This rank's flag first: a helper thread of a pipelined op stops on it, and may hold a
         # channel's send lock that the channel aborts below wait for.
         self.control.set_abort(reason)

@@ -7,6 +7,7 @@ Every wait of ``comm/`` calls :meth:`Liveness.check` between naps, so no wait ca
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,13 @@ _PID_CHECK_S = 0.5
 # within seconds even when its TCP connections never see a FIN.
 _RAY_CHECK_AFTER_S = 1.0
 _RAY_CHECK_EVERY_S = 1.0
+
+# A rank's board in its segment, read by its local peers when an op times out: the collective
+# it last entered (sequence number + 1), whether it is in an op, since when (wall clock), when
+# its last op ended, and the op's label.
+BOARD_BYTES = 256
+_BOARD = struct.Struct("<IIddI")
+_LABEL_AT = 32
 
 
 class Liveness:
@@ -53,8 +61,29 @@ class Liveness:
         self.started = 0.0
         self.deadline = float("inf")
         self.waiting_on: list[int] = []
+        # Why this op may be stuck, when the engine knows (named on timeouts).
+        self.note = ""
         self._next_pid_check = 0.0
         self._next_ray_check = 0.0
+        # Typed views into the board (memoryview casts: Any, as typeshed has no float items).
+        self._board: Any = None
+        self._times: Any = None
+        self._in_op: Any = None
+        self._peer_boards: dict[int, memoryview] = {}
+        self._board_label = ""
+        self._wall_started = 0.0
+        # Where remote peers are: a KV record each, published while blocked (rendezvous/reports).
+        self.reports: Any = None
+        self._reported = False
+
+    def attach(self, board: memoryview, peers: dict[int, memoryview]) -> None:
+        """This rank's board and its local peers' (areas of the segments)."""
+        self._board = board
+        self.entered = board[0:4].cast("I")
+        self._in_op = board[4:8].cast("I")
+        self._times = board[8:24].cast("d")
+        self._peer_boards = peers
+        self.peer_entered = {p: b[0:4].cast("I") for p, b in peers.items()}
 
     def describe(self) -> str:
         return f"rank {self.rank} of group {self.label!r}: {self.current_op}"
@@ -70,13 +99,66 @@ class Liveness:
         self.current_desc = desc
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
-        if seq is not None and self.entered is not None:
-            self.entered[0] = (seq + 1) & 0xFFFFFFFF
+        self.note = ""
+        self._wall_started = time.time()
+        if self._board is not None:
+            if seq is not None:
+                self.entered[0] = (seq + 1) & 0xFFFFFFFF  # type: ignore[index]
+            self._times[0] = self._wall_started
+            if label != self._board_label:  # an op called in a loop writes its label once
+                self._board_label = label
+                data = label.encode()[: BOARD_BYTES - _LABEL_AT]
+                self._board[24:28].cast("I")[0] = len(data)
+                self._board[_LABEL_AT : _LABEL_AT + len(data)] = data
+            self._in_op[0] = 1
 
     def end(self) -> None:
+        if self._board is not None:
+            self._in_op[0] = 0
+            self._times[1] = time.time()
+        if self._reported:
+            self._reported = False
+            self.reports.publish(self._state(False))
         self.current_op = ""
         self.current_seq = None
         self.deadline = float("inf")
+
+    # -- where everyone is ---------------------------------------------------------------------
+    def _state(self, in_op: bool) -> dict[str, Any]:
+        return {
+            "op": self.current_op,
+            "seq": self.current_seq,
+            "in_op": in_op,
+            "started": self._wall_started,
+            "ended": None if in_op else time.time(),
+            "pid": os.getpid(),
+        }
+
+    def _read_board(self, board: memoryview) -> dict[str, Any]:
+        entered, in_op, started, ended, n = _BOARD.unpack(bytes(board[: _BOARD.size]))
+        label = bytes(board[_LABEL_AT : _LABEL_AT + min(n, BOARD_BYTES - _LABEL_AT)])
+        return {
+            "op": label.decode(errors="replace"),
+            "seq": entered - 1 if entered else None,
+            "in_op": bool(in_op),
+            "started": started,
+            "ended": ended or None,
+        }
+
+    def whereabouts(self) -> str:
+        """One line per rank: the op it is in (or its last one) and for how long."""
+        remote = self.reports.peers() if self.reports is not None else {}
+        now = time.time()
+        lines = []
+        for p in range(len(self.roster)):
+            if p == self.rank:
+                st: dict[str, Any] | None = self._state(True)
+            elif p in self._peer_boards:
+                st = self._read_board(self._peer_boards[p])
+            else:
+                st = remote.get(p)
+            lines.append(f"rank {p}: {_where(st, now)}")
+        return "; ".join(lines)
 
     # -- checks --------------------------------------------------------------------------------
     def raise_if_aborted(self) -> None:
@@ -110,13 +192,24 @@ class Liveness:
                     pass
         if now - self.started > _RAY_CHECK_AFTER_S and now >= self._next_ray_check:
             self._next_ray_check = now + _RAY_CHECK_EVERY_S
+            if self.reports is not None and not self._reported and self.current_op:
+                self._reported = True
+                self.reports.publish(self._state(True))
             self._check_remote_actors()
         if now > self.deadline:
             late = self._not_arrived()
+            deaf = [
+                f"{self.who(p)} is not receiving (this rank's send to it found no room for "
+                f"{now - ch.send_blocked_since:.1f} s)"
+                for p, ch in self.channels.items()
+                if ch.send_blocked_since is not None
+            ]
+            why = " ".join(f"{x}." for x in [*deaf, self.note] if x)
             raise CollectiveTimeoutError(
                 f"{self.describe()}: timed out after {now - self.started:.1f} s waiting for "
-                f"{', '.join(self.who(p) for p in late) or 'other ranks'}. Check that every rank "
-                "calls the same operations in the same order, or pass a larger timeout_s."
+                f"{', '.join(self.who(p) for p in late) or 'other ranks'}. {why}"
+                f"Where every rank is: {self.whereabouts()}. Check that every rank calls the "
+                "same operations in the same order, or pass a larger timeout_s."
             )
 
     def check_peers_now(self) -> None:
@@ -164,3 +257,14 @@ class Liveness:
                 return  # Ray itself is unreachable: leave it to the deadline
             if info and info.get("State") == "DEAD":
                 self.lost(p, "Ray reports its actor dead (the process or its node is gone)")
+
+
+def _where(st: dict[str, Any] | None, now: float) -> str:
+    if not st or not st.get("op"):
+        return "no report (not blocked in an op of this group for over 1 s)"
+    seq = f" (op #{st['seq']})" if st.get("seq") is not None else ""
+    if st.get("in_op"):
+        return f"in {st['op']}{seq} for {now - st['started']:.1f} s"
+    ended = st.get("ended")
+    ago = f" {now - ended:.1f} s ago" if ended else ""
+    return f"not in an op; its last, {st['op']}{seq}, ended{ago}"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sideband import config
 from sideband.collective.transports.control import Control
 
 T = TypeVar("T")
@@ -28,9 +29,9 @@ POLL_MAX_S = 0.002
 
 def spin_default(local_ranks: int) -> int:
     """Polls before sleeping: worth it only while every local rank has a core of its own."""
-    env = os.environ.get("SIDEBAND_SPIN")
+    env: int | None = config.get("SIDEBAND_SPIN")
     if env is not None:
-        return int(env)
+        return env
     return 200 if local_ranks <= (os.cpu_count() or 1) else 0
 
 

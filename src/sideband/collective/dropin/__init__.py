@@ -31,10 +31,13 @@ checks are the core's (``api/checks.py``), raised as :class:`CollectiveUsageErro
   (:class:`sideband.GroupNotFoundError`).
 - ``reducescatter`` does not modify its input list (Ray's gloo path all-reduces every list
   element in place as a side effect).
-- Ray hands numpy arrays that arrive as task arguments out read-only, and Ray's gloo path writes
-  into them anyway. So that such code runs unchanged, this module writes results into a
-  read-only numpy array's memory too, and warns once per process; copy the array
-  (``x = x.copy()``) to avoid it.
+- Ray hands numpy arrays that arrive as task arguments (or from ``ray.get``) out read-only, over
+  its object store's memory, and Ray's own collective writes results into them anyway (through
+  ``torch.from_numpy``, which warns that this is undefined behaviour; other readers of the same
+  object see the change). Here a function that would write into a read-only numpy array raises
+  :class:`CollectiveUsageError` before anything moves, saying so; copy the array
+  (``x = x.copy()``), or pass ``write_readonly=True`` (a keyword every writing function takes)
+  to write into its memory as Ray does.
 
 Also offered, as in Ray: ``get_group_handle`` (returns a :class:`sideband.Group`) and
 ``synchronize``. ``register_collective_backend`` is not offered: sideband's backends are

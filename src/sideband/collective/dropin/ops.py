@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from sideband.collective import types
+from sideband.collective.api import checks
 from sideband.collective.dropin import tensors as tk
-from sideband.collective.dropin.groups import _check_rank_valid, _group, _to_op
+from sideband.collective.dropin.groups import _check_rank_valid, _group, _to_op, _usage
+from sideband.collective.runtime.buffers import check_writable
 from sideband.errors import BackendUnavailableError, CollectiveUsageError
 
 
@@ -24,12 +28,21 @@ def _no_gpu(what: str) -> BackendUnavailableError:
 
 
 def allreduce(
-    tensor: Any, group_name: str = "default", op: types.ReduceOp = types.ReduceOp.SUM
+    tensor: Any,
+    group_name: str = "default",
+    op: types.ReduceOp = types.ReduceOp.SUM,
+    *,
+    write_readonly: bool = False,
 ) -> None:
-    """All-reduce ``tensor`` across the group, in place."""
+    """All-reduce ``tensor`` across the group, in place.
+
+    A read-only numpy ``tensor`` (as Ray hands out arguments) raises CollectiveUsageError unless
+    ``write_readonly=True`` (so for every function here that writes into a tensor).
+    """
     tk.check_single_tensor_input(tensor)
     g = _group(group_name, "allreduce")
-    g.allreduce(tk.writable(tensor), op=_to_op(op))
+    with _usage():
+        g.allreduce(tensor, op=_to_op(op), write_readonly=write_readonly)
 
 
 def allreduce_multigpu(
@@ -41,7 +54,9 @@ def allreduce_multigpu(
 
 def barrier(group_name: str = "default") -> None:
     """Block until every rank of the group has called barrier."""
-    _group(group_name, "barrier").barrier()
+    g = _group(group_name, "barrier")
+    with _usage():
+        g.barrier()
 
 
 def reduce(
@@ -49,13 +64,15 @@ def reduce(
     dst_rank: int = 0,
     group_name: str = "default",
     op: types.ReduceOp = types.ReduceOp.SUM,
+    *,
+    write_readonly: bool = False,
 ) -> None:
     """Reduce ``tensor`` across the group into ``dst_rank``'s tensor; others are left unchanged."""
     tk.check_single_tensor_input(tensor)
     g = _group(group_name, "reduce")
     dst_rank = _check_rank_valid(g, dst_rank, "dst_rank")
-    target = tk.writable(tensor) if g.rank == dst_rank else tensor
-    g.reduce(target, int(dst_rank), op=_to_op(op))
+    with _usage():
+        g.reduce(tensor, int(dst_rank), op=_to_op(op), write_readonly=write_readonly)
 
 
 def reduce_multigpu(
@@ -69,13 +86,15 @@ def reduce_multigpu(
     raise _no_gpu("reduce_multigpu")
 
 
-def broadcast(tensor: Any, src_rank: int = 0, group_name: str = "default") -> None:
+def broadcast(
+    tensor: Any, src_rank: int = 0, group_name: str = "default", *, write_readonly: bool = False
+) -> None:
     """Copy ``src_rank``'s tensor into every rank's tensor, in place."""
     tk.check_single_tensor_input(tensor)
     g = _group(group_name, "broadcast")
     src_rank = _check_rank_valid(g, src_rank, "src_rank")
-    target = tk.writable(tensor) if g.rank != src_rank else tensor
-    g.broadcast(target, int(src_rank))
+    with _usage():
+        g.broadcast(tensor, int(src_rank), write_readonly=write_readonly)
 
 
 def broadcast_multigpu(
@@ -85,7 +104,9 @@ def broadcast_multigpu(
     raise _no_gpu("broadcast_multigpu")
 
 
-def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> None:
+def allgather(
+    tensor_list: list, tensor: Any, group_name: str = "default", *, write_readonly: bool = False
+) -> None:
     """Gather every rank's ``tensor`` into ``tensor_list`` (one element per rank, in place).
 
     ``tensor_list`` must be a list of ``world_size`` tensors shaped like ``tensor``; numpy and
@@ -100,9 +121,14 @@ def allgather(tensor_list: list, tensor: Any, group_name: str = "default") -> No
             f"exactly world_size={g.world_size} (group {group_name!r}, rank {g.rank})."
         )
     tk.check_same_layout(tensor_list, tuple(tensor.shape), tk.dtype_name(tensor), "tensor_list", g)
-    gathered = g.allgather(tensor)
-    for i, dst in enumerate(tensor_list):
-        tk.copy_into(dst, gathered[i])
+    what = checks.what(g, "allgather")
+    with _usage():
+        for i, dst in enumerate(tensor_list):  # refused before anything moves
+            if isinstance(dst, np.ndarray):
+                check_writable(dst, f"{what} (tensor_list[{i}])", write_readonly)
+        gathered = g.allgather(tensor)
+        for i, dst in enumerate(tensor_list):
+            tk.copy_into(dst, gathered[i], f"{what} (tensor_list[{i}])", write_readonly)
 
 
 def allgather_multigpu(
@@ -117,6 +143,8 @@ def reducescatter(
     tensor_list: list,
     group_name: str = "default",
     op: types.ReduceOp = types.ReduceOp.SUM,
+    *,
+    write_readonly: bool = False,
 ) -> None:
     """Reduce ``tensor_list`` element-wise across the group; rank r receives element r's result.
 
@@ -133,7 +161,8 @@ def reducescatter(
         )
     tk.check_same_layout(tensor_list, tuple(tensor.shape), tk.dtype_name(tensor), "tensor_list", g)
     stacked = tk.stack(tensor_list, tensor)
-    g.reduce_scatter(stacked, op=_to_op(op), out=tk.writable(tensor))
+    with _usage():
+        g.reduce_scatter(stacked, op=_to_op(op), out=tensor, write_readonly=write_readonly)
 
 
 def reducescatter_multigpu(
@@ -155,7 +184,8 @@ def send(tensor: Any, dst_rank: int, group_name: str = "default") -> None:
         raise CollectiveUsageError(
             f"The destination rank {dst_rank} is this rank (group {group_name!r})."
         )
-    g.send(tensor, int(dst_rank))
+    with _usage():
+        g.send(tensor, int(dst_rank))
 
 
 def send_multigpu(
@@ -169,7 +199,9 @@ def send_multigpu(
     raise _no_gpu("send_multigpu")
 
 
-def recv(tensor: Any, src_rank: int, group_name: str = "default") -> None:
+def recv(
+    tensor: Any, src_rank: int, group_name: str = "default", *, write_readonly: bool = False
+) -> None:
     """Receive into ``tensor`` (in place) what ``src_rank`` sends."""
     tk.check_single_tensor_input(tensor)
     g = _group(group_name, "recv")
@@ -178,7 +210,8 @@ def recv(tensor: Any, src_rank: int, group_name: str = "default") -> None:
         raise CollectiveUsageError(
             f"The source rank {src_rank} is this rank (group {group_name!r})."
         )
-    g.recv(tk.writable(tensor), int(src_rank))
+    with _usage():
+        g.recv(tensor, int(src_rank), write_readonly=write_readonly)
 
 
 def recv_multigpu(

@@ -3,23 +3,18 @@ the way Ray's API defines them (numpy, torch CPU or CUDA, and cupy elements may 
 
 from __future__ import annotations
 
-import ctypes
 import sys
-import threading
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sideband.collective.runtime.arrays import as_torch, dtype_name, is_cuda, is_cupy
+from sideband.collective.runtime.buffers import as_buffer
 from sideband.errors import BackendUnavailableError, CollectiveUsageError
 
 if TYPE_CHECKING:
     from sideband.collective.api.group import Group
-
-_readonly_warned = False
-_readonly_lock = threading.Lock()
 
 
 def _torch() -> Any:
@@ -81,54 +76,21 @@ def _as_numpy(x: Any) -> np.ndarray:
         ) from exc
 
 
-def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
-    lib = getattr(np.lib, "array_utils", np)  # numpy >= 2 moved it
-    low, high = lib.byte_bounds(a)
-    return int(low), int(high)
+def copy_into(dst: Any, src: Any, what: str, write_readonly: bool = False) -> None:
+    """Copy ``src`` into ``dst`` in place; either may be numpy, torch (CPU or CUDA) or cupy.
 
-
-def writable(x: Any) -> Any:
-    """``x``, or a writable alias of a read-only numpy array's memory (see the module docstring).
-
-    Ray deserialises numpy task arguments read-only and its gloo path writes into them anyway;
-    code written for it relies on that, so results land in the caller's array here too.
+    A read-only numpy ``dst`` is refused as the core refuses it (``InvalidArgumentError``),
+    unless ``write_readonly``.
     """
-    if not isinstance(x, np.ndarray) or x.flags.writeable:
-        return x
-    try:
-        x.setflags(write=True)  # the array owns its memory and was merely flagged read-only
-        return x
-    except ValueError:
-        pass  # the memory's owner is read-only (an object-store buffer): alias it below
-    global _readonly_warned
-    with _readonly_lock:
-        if not _readonly_warned:
-            _readonly_warned = True
-            warnings.warn(
-                "sideband.collective is writing a result into a read-only numpy array (as "
-                "ray.util.collective does): Ray hands out task arguments read-only. Copy the "
-                "array first (x = x.copy()) to avoid writing into Ray's object buffer.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    if x.size == 0:
-        return np.empty_like(x)
-    low, high = _byte_bounds(x)
-    raw = memoryview((ctypes.c_ubyte * (high - low)).from_address(low))
-    return np.ndarray(
-        x.shape, dtype=x.dtype, buffer=raw, offset=x.ctypes.data - low, strides=x.strides
-    )
-
-
-def copy_into(dst: Any, src: Any) -> None:
-    """Copy ``src`` into ``dst`` in place; either may be numpy, torch (CPU or CUDA) or cupy."""
     if is_cuda(dst) or is_cuda(src):
         as_torch_any(dst).copy_(as_torch_any(src))
     elif _is_torch(dst):
         torch = _torch()
         dst.detach().copy_(src if _is_torch(src) else torch.from_numpy(np.ascontiguousarray(src)))
     else:
-        np.copyto(writable(dst), _as_numpy(src), casting="no")
+        buf = as_buffer(dst, what, writable=True, fill=False, write_readonly=write_readonly)
+        np.copyto(buf.arr, _as_numpy(src).reshape(-1), casting="no")
+        buf.finish()
 
 
 def check_same_layout(

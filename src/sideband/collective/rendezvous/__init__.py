@@ -7,6 +7,7 @@ others.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from sideband.collective.comm.engine import Comm
 from sideband.collective.rendezvous import session
 from sideband.collective.rendezvous.connect import connect
 from sideband.collective.transports import shm
+
+log = logging.getLogger("sideband.collective")
 
 
 @dataclass
@@ -39,7 +42,21 @@ def join(
 ) -> Joined:
     """Register this process as ``rank`` of group ``name`` and connect to the other members."""
     deadline = time.monotonic() + timeout_s
+    log.debug(
+        "group %r rank %d/%d: joining (backend %s, timeout %.1f s)",
+        name, rank, world_size, backend, timeout_s,
+    )  # fmt: skip
     shm.remove_stale_segments()
     rec, roster = session.agree(name, world_size, rank, backend, deadline, session_rec)
-    comm, plan = connect(name, rank, world_size, backend, rec, roster, deadline)
+    log.debug(
+        "group %r rank %d: roster agreed in session %s: %s",
+        name, rank, rec["session"][:12],
+        ", ".join(f"rank {e['rank']} pid {e['pid']} node {str(e['node_id'])[:12]}" for e in roster),
+    )  # fmt: skip
+    try:
+        comm, plan = connect(name, rank, world_size, backend, rec, roster, deadline)
+    except BaseException:
+        if rank == 0 or session_rec is not None:
+            session.retire_quietly(name, rec["session"])  # its secret leaves the KV too
+        raise
     return Joined(rec["session"], roster, comm, plan, backend)

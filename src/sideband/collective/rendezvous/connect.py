@@ -9,6 +9,7 @@ undone step by step, whatever failed.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sideband import _net
+from sideband import _net, config
 from sideband.collective.algorithms import dispatch
 from sideband.collective.algorithms.arena import AREA, AREA_BYTES, Arena
 from sideband.collective.algorithms.context import Op, Plan
@@ -24,17 +25,19 @@ from sideband.collective.comm import waiting
 from sideband.collective.comm.byref import ByRef
 from sideband.collective.comm.engine import Comm
 from sideband.collective.comm.framing import CODEC
-from sideband.collective.comm.liveness import Liveness
+from sideband.collective.comm.liveness import BOARD_BYTES, Liveness
 from sideband.collective.rendezvous import session as sess
 from sideband.collective.rendezvous import topology
-from sideband.collective.transports import cma, shm, tcp
+from sideband.collective.rendezvous.reports import Reports
+from sideband.collective.transports import cma, handshake, shm, tcp
 from sideband.collective.transports.base import Channel
 from sideband.collective.types import Backend
 from sideband.errors import CollectiveError, RendezvousError
 
-# What the layers above keep in every rank's segment: the op a rank last entered (liveness),
+# What the layers above keep in every rank's segment: where the rank is (liveness's board),
 # the cross-memory probe (this module), the arena's slots (small ops).
-_AREAS = {"comm": 64, "probe": 64, AREA: AREA_BYTES}
+_AREAS = {"comm": BOARD_BYTES, "probe": 64, AREA: AREA_BYTES}
+log = logging.getLogger("sideband.collective")
 
 
 def _publish_probe(seg: shm.Segment) -> None:
@@ -53,15 +56,51 @@ def _no_scratch(key: str, nbytes: int) -> np.ndarray:
     return np.empty(nbytes, np.uint8)
 
 
-def _agree_on_cma(comm: Comm, setup: Op) -> bool:
-    """Cross-memory attach is used only if every rank can read from every peer."""
-    ok = True
-    for p, ch in comm.channels.items():
-        addr, expected = _probe_target(ch.peer_segment)
-        ok = ok and cma.probe(comm.local_pids[p], addr, expected)
+def _agree_on_cma(comm: Comm, setup: Op) -> tuple[bool, str]:
+    """Cross-memory attach is used only if every rank can read from every peer; and why."""
+    bad = next(
+        (
+            p
+            for p, ch in comm.channels.items()
+            if not cma.probe(comm.local_pids[p], *_probe_target(ch.peer_segment))
+        ),
+        None,
+    )
     flags = np.zeros((comm.world_size, 1), np.uint8)
-    dispatch.allgather(setup, np.array([ok], np.uint8), flags)
-    return bool(flags.all())
+    dispatch.allgather(setup, np.array([bad is None], np.uint8), flags)
+    if flags.all():
+        return True, "on (every rank reads its peers' memory directly)"
+    if bad is not None:
+        return False, (
+            f"off (this rank cannot read rank {bad}'s memory: process_vm_readv refused, e.g. "
+            "kernel.yama.ptrace_scope >= 1; `sideband doctor` checks it)"
+        )
+    others = [r for r in range(comm.world_size) if not flags[r, 0]]
+    return False, f"off (ranks {others} cannot read their peers' memory)"
+
+
+def _log_formed(
+    name: str, rank: int, roster: list[dict[str, Any]], comm: Comm, plan: Plan, cma_why: str
+) -> None:
+    """The DEBUG account of a formed group on this rank: who, where, each pair's transport."""
+    me = roster[rank]
+    log.debug(
+        "group %r rank %d/%d formed: pid %s, actor %s, node %s, address %s",
+        name, rank, len(roster), me["pid"], me.get("actor_id"), me.get("node_id"),
+        _net.node_address(),
+    )  # fmt: skip
+    for p, ch in sorted(comm.channels.items()):
+        sock = getattr(ch, "sock", None)
+        if sock is not None:
+            how = f"{ch.kind} {sock.getsockname()[:2]} -> {sock.getpeername()[:2]}"
+        else:
+            how = f"{ch.kind} (same host, pid {roster[p]['pid']})"
+        log.debug("group %r rank %d <-> rank %d: %s", name, rank, p, how)
+    log.debug(
+        "group %r rank %d: cross-memory attach %s; arena %s; plan %s",
+        name, rank, cma_why, "on" if plan.arena is not None else "off",
+        topology.choice(plan.hosts, roster)[1],
+    )  # fmt: skip
 
 
 def connect(
@@ -94,7 +133,7 @@ def connect(
     comm: Comm | None = None
     plan = Plan(world_size)
     plan.label = name
-    listener: tcp.Listener | None = None
+    listener: handshake.Listener | None = None
     try:
         for p in local:
             if p == rank:
@@ -108,10 +147,10 @@ def connect(
         remote = [p for p in range(world_size) if p not in local]
         secret = bytes.fromhex(rec["secret"])
         live = Liveness(rank, name, channels, own.control, roster, local)
-        live.entered = own.area("comm").cast("I")
-        live.peer_entered = {
-            p: ch.peer_segment.area("comm").cast("I") for p, ch in channels.items()
-        }
+        live.attach(
+            own.area("comm"), {p: ch.peer_segment.area("comm") for p, ch in channels.items()}
+        )
+        live.reports = Reports(name, session, rank)
         comm = Comm(
             rank,
             world_size,
@@ -121,19 +160,19 @@ def connect(
             waiting.spin_default(len(local)),
             ByRef(False),
         )
-        comm.closers += [own.close, plan.close]
+        comm.closers += [own.close, plan.close, live.reports.close]
         holder: dict[str, Any] = {}
         accept_from = {p for p in remote if p > rank}
         acceptor = None
         if accept_from:
             # Only ranks with remote peers listen, and only while the group forms: a group on
             # one host opens no port at all.
-            listener = tcp.Listener(_net.node_address())
+            listener = handshake.Listener(_net.node_address())
             sess.publish_port(name, session, rank, listener.host, listener.port)
 
             def _accept() -> None:
                 try:
-                    holder["socks"] = listener.accept_peers(
+                    holder["links"] = listener.accept_peers(
                         session, secret, accept_from, deadline, lambda: None
                     )
                 except BaseException as e:  # reported by the joining thread
@@ -144,9 +183,9 @@ def connect(
         for p in remote:
             if p < rank:
                 where = sess.wait_for_port(name, session, p, deadline)
-                sock = waiting.retry(
+                link = waiting.retry(
                     functools.partial(
-                        tcp.connect_peer,
+                        handshake.connect_peer,
                         where["host"],
                         where["port"],
                         session,
@@ -159,32 +198,44 @@ def connect(
                     first=0.005,
                     cap=0.2,
                 )
-                channels[p] = tcp.TcpChannel(p, sock, CODEC, own.control.ring, comm.on_remote_abort)
+                channels[p] = tcp.TcpChannel(p, link, CODEC, own.control.ring, comm.on_remote_abort)
         if acceptor is not None and listener is not None:
             acceptor.join()
             listener.close()
             if "error" in holder:
                 raise holder["error"]
-            for p, sock in holder["socks"].items():
-                channels[p] = tcp.TcpChannel(p, sock, CODEC, own.control.ring, comm.on_remote_abort)
+            for p, link in holder["links"].items():
+                channels[p] = tcp.TcpChannel(p, link, CODEC, own.control.ring, comm.on_remote_abort)
         # Every peer has mapped our segment once this barrier passes: unlink it now, so nothing
         # is left in /dev/shm whatever happens to this process later.
         comm.begin("connect", None, max(0.0, deadline - time.monotonic()))
         _publish_probe(own)
         setup = Op(comm, 0xFFFFFFFF, 0, _no_scratch)
         dispatch.barrier(setup)
+        if world_size == 1:
+            cma_why = "off (a group of one rank)"
+        elif backend == Backend.TCP.value:
+            cma_why = "off (backend 'tcp')"
+        else:
+            cma_why = "off (ranks on several hosts)"
         if len(local) == world_size > 1:
-            if os.environ.get("SIDEBAND_CMA", "1") != "0":
-                plan.cma = comm.refs.enabled = _agree_on_cma(comm, setup)
-            if os.environ.get("SIDEBAND_ARENA", "1") != "0":
+            if config.get("SIDEBAND_CMA"):
+                plan.cma, cma_why = _agree_on_cma(comm, setup)
+                comm.refs.enabled = plan.cma
+            else:
+                cma_why = "off (SIDEBAND_CMA=0)"
+            if config.get("SIDEBAND_ARENA"):
                 segs = {rank: own} | {p: ch.peer_segment for p, ch in channels.items()}
                 plan.arena = Arena(comm, [segs[p] for p in range(world_size)])
         plan.hosts = topology.hosts(roster, backend)
         plan.hier = topology.plan(plan.hosts, rank, roster)
         comm.end()
         own.unlink()
+        if log.isEnabledFor(logging.DEBUG):
+            _log_formed(name, rank, roster, comm, plan, cma_why)
         return comm, plan
     except BaseException as e:
+        log.debug("group %r rank %d: connecting failed (%r); undoing it", name, rank, e)
         if listener is not None:
             listener.close()
         if comm is not None:

@@ -4,6 +4,12 @@ Rank 0, or the driver that calls ``create_group``, opens a *session* with a fres
 per-group secret; every member registers under it; rank 0 publishes the roster once all
 ``world_size`` ranks are in. A name reused after destroy gets a new session, so stale entries
 never mix in. ``declare_group``'s record (``decl/<name>``) names the actors that join lazily.
+
+The secret lives under its own key (``group/<name>/<session>/secret``), never in the session
+record that ``list_groups`` reads, and it leaves the store, with any declaration, once the group
+has formed (rank 0 calls :func:`retire`), when formation fails, and when the group is destroyed:
+anyone with access to the KV can read a *forming* group's secret (Ray's trust boundary), no one a
+formed group's.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ def roster_key(name: str, session: str) -> str:
     return f"group/{name}/{session}/roster"
 
 
+def secret_key(name: str, session: str) -> str:
+    return f"group/{name}/{session}/secret"
+
+
 def decl_key(name: str) -> str:
     return f"decl/{name}"
 
@@ -60,18 +70,42 @@ def open_session(
     actor_ids: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """Create a fresh session record for group ``name`` (done by rank 0 or the driver)."""
-    rec = {
+    sid = uuid.uuid4().hex
+    rec: dict[str, Any] = {
         "name": name,
-        "session": uuid.uuid4().hex,
-        "secret": secrets.token_hex(32),
+        "session": sid,
         "world_size": world_size,
         "backend": backend,
         "timeout_s": timeout_s,
         "created": time.time(),
         "actor_ids": actor_ids,
     }
+    secret = secrets.token_hex(32)
+    # The secret first: a member that sees the session finds its secret (unless already retired).
+    _kv.put(secret_key(name, sid), secret)
     _kv.put(session_key(name), rec)
-    return rec
+    return {**rec, "secret": secret}
+
+
+def retire(name: str, session: str) -> None:
+    """Take session ``session``'s secret, and its declaration if any, out of the store.
+
+    Called once the group formed (every member holds the secret by then), when its formation
+    failed, and on destroy. Idempotent.
+    """
+    _kv.delete(secret_key(name, session))
+    decl = _kv.get(decl_key(name))
+    if isinstance(decl, dict) and decl.get("session", {}).get("session") == session:
+        # A later declaration of the same name carries another session: never removed here.
+        _kv.delete(decl_key(name))
+
+
+def retire_quietly(name: str, session: str) -> None:
+    """:func:`retire` on an error path: a store that cannot be reached must not mask the error."""
+    try:
+        retire(name, session)
+    except Exception:
+        pass
 
 
 def fail_session(name: str, session: str, reason: str) -> None:
@@ -80,6 +114,7 @@ def fail_session(name: str, session: str, reason: str) -> None:
 
 
 def remove_session(name: str, session: str) -> None:
+    retire(name, session)
     _kv.delete_prefix(f"group/{name}/{session}/")
     rec = _kv.get(session_key(name))
     if rec is not None and rec.get("session") == session:
@@ -107,20 +142,41 @@ def agree(
         "host_key": topology.host_key(),
         # Settings every rank must apply alike: the group follows rank 0's (topology.plan).
         "cpus": os.cpu_count() or 1,
-        "hier": os.environ.get(topology.ENV, ""),
-        "hier_pipeline": os.environ.get(topology.PIPE_ENV),
+        **topology.settings(),
     }
     fixed = rec is not None
     if rec is None and rank == 0:
         rec = open_session(name, world_size, backend, max(0.0, deadline - time.monotonic()))
         fixed = True
+    try:
+        return _agree(name, world_size, rank, deadline, rec, fixed, entry)
+    except BaseException:
+        if fixed and rec is not None:
+            retire_quietly(name, rec["session"])  # a failed formation leaves no secret behind
+        raise
+
+
+def _agree(
+    name: str,
+    world_size: int,
+    rank: int,
+    deadline: float,
+    rec: dict[str, Any] | None,
+    fixed: bool,
+    entry: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    nonce = entry["nonce"]
     registered: str | None = None
     backoff = waiting.Backoff()
     while True:
         if not fixed:
             cur = _kv.get(session_key(name))
             if cur is not None and (rec is None or cur["session"] != rec["session"]):
-                rec = cur  # rank 0 opened a (new) session: (re-)register under it
+                # Rank 0 opened a (new) session: (re-)register under it. No secret: that session
+                # formed already (an older incarnation of the name), so keep waiting for a new one.
+                secret = _kv.get(secret_key(name, cur["session"]))
+                if secret is not None:
+                    rec = {**cur, "secret": secret}
         if rec is not None and registered != rec["session"]:
             _kv.put(_member_prefix(name, rec["session"]) + str(rank), entry)
             registered = rec["session"]

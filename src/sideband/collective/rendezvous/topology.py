@@ -7,15 +7,24 @@ with rank 0's settings, so all ranks agree without talking.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from sideband import config
 from sideband.collective.algorithms.hierarchical import Hier
 from sideband.collective.transports import shm
 from sideband.collective.types import Backend
 
 ENV = "SIDEBAND_HIERARCHICAL"
 PIPE_ENV = "SIDEBAND_HIER_PIPELINE_BYTES"
+log = logging.getLogger("sideband.collective")
+
+
+def settings() -> dict[str, Any]:
+    """This rank's entries of the roster that the group takes from rank 0 (validated here, so a
+    bad value fails on the rank that has it, when the group forms)."""
+    return {"hier": config.get(ENV), "hier_pipeline": config.get(PIPE_ENV)}
 
 
 def host_key() -> str:
@@ -24,13 +33,14 @@ def host_key() -> str:
     ``SIDEBAND_HOST_KEY`` splits one machine into several "hosts" (ranks with different values
     never share memory): for testing multi-host algorithms, or to keep shared memory off.
     """
-    extra = os.environ.get("SIDEBAND_HOST_KEY", "")
+    extra = config.get("SIDEBAND_HOST_KEY")
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
         st = os.stat(shm.SHM_DIR)
         return f"{boot}:{st.st_dev}:{st.st_ino}:{extra}"
-    except OSError:
+    except OSError as e:
+        log.debug("no shared memory here (%s): this rank is a host of its own (TCP only)", e)
         return f"pid-{os.getpid()}"  # no shared memory: every rank is its own host
 
 
@@ -50,14 +60,23 @@ def plan(hosts: list[list[int]], rank: int, roster: list[dict[str, Any]]) -> Hie
     Every rank derives it from the roster alone, with rank 0's settings, so all ranks agree
     even where their environments or core counts differ.
     """
+    hier, _ = choice(hosts, roster)
+    return Hier(hosts, rank, _pipeline_bytes(hosts, roster)) if hier else None
+
+
+def choice(hosts: list[list[int]], roster: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether the plan is host-aware, and why (the formation log says it)."""
     mode = str(roster[0].get("hier") or "").strip().lower()
     if mode in ("0", "false", "off", "flat"):
-        return None
+        return False, f"flat ({ENV}={mode} on rank 0)"
     if len(hosts) < 2:
-        return None
+        return False, "flat (one host)"
     if mode not in ("1", "true", "on") and all(len(h) == 1 for h in hosts):
-        return None  # one rank per host: the flat algorithms already cross once per host
-    return Hier(hosts, rank, _pipeline_bytes(hosts, roster))
+        # One rank per host: the flat algorithms already cross once per host.
+        return False, "flat (one rank per host)"
+    how = "forced" if mode in ("1", "true", "on") else "auto"
+    pipe = _pipeline_bytes(hosts, roster)
+    return True, f"host-aware over {len(hosts)} hosts ({how}, pipeline pieces {pipe} bytes)"
 
 
 def _pipeline_bytes(hosts: list[list[int]], roster: list[dict[str, Any]]) -> int:

@@ -5,10 +5,18 @@ Zero-copy where the input is contiguous: a torch CPU tensor is viewed through ``
 input is copied into a contiguous array and, for in-place ops, copied back when the op is done.
 CUDA tensors (torch, cupy) are staged through pinned host memory on the native path: the
 Buffer gets its memory from ``stage(pool, key)`` when the op starts.
+
+Read-only numpy arrays (Ray hands out every numpy argument and ``ray.get`` result read-only, over
+its object store's memory) are refused by ops that write into them, unless the caller passes
+``write_readonly=True``: then the op writes through a writable alias of the same memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import mmap
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,11 +101,14 @@ def _from_torch(x: Any, what: str) -> tuple[np.ndarray, str]:
     return t.numpy(), name
 
 
-def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer:
+def as_buffer(
+    x: Any, what: str, *, writable: bool, fill: bool = True, write_readonly: bool = False
+) -> Buffer:
     """Validate ``x`` and expose it as a flat contiguous array (``writable`` for in-place ops).
 
     ``fill=False``: the op only writes ``x`` (an output), so a staged CUDA tensor's contents
-    need not be copied to the host first.
+    need not be copied to the host first. ``write_readonly``: a read-only numpy ``x`` is written
+    through an alias of its memory instead of refused.
     """
     if isinstance(x, np.ndarray):
         base = x
@@ -119,10 +130,8 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
             f"{type(x).__name__}; use the *_object variants for other Python objects"
         )
     if writable and not base.flags.writeable:
-        raise InvalidArgumentError(
-            f"{what}: the array is read-only but this op writes its result into it; pass a "
-            "writable array (e.g. arr.copy())"
-        )
+        check_writable(base, what, write_readonly)
+        base = writable_alias(base, what)
     if base.flags.c_contiguous:
         return Buffer(x, base.reshape(-1), tuple(base.shape), dtype, None)
     flat = np.ascontiguousarray(base).reshape(-1)
@@ -131,6 +140,61 @@ def as_buffer(x: Any, what: str, *, writable: bool, fill: bool = True) -> Buffer
         base[...] = flat.reshape(base.shape)
 
     return Buffer(x, flat, tuple(base.shape), dtype, writeback if writable else None)
+
+
+def check_writable(a: np.ndarray, what: str, write_readonly: bool) -> None:
+    """Refuse read-only ``a`` as the target of a result, unless ``write_readonly``."""
+    if not a.flags.writeable and not write_readonly:
+        raise InvalidArgumentError(
+            f"{what}: the array is read-only (Ray hands out numpy arguments and ray.get results "
+            "read-only, over its object store's memory) and this op writes its result into it. "
+            "Pass a writable copy (x = x.copy()), or write_readonly=True to write into its "
+            "memory anyway (other readers of the same Ray object then see the change)"
+        )
+
+
+def writable_alias(a: np.ndarray, what: str) -> np.ndarray:
+    """A writable array over the memory of read-only ``a`` (same shape, dtype and strides).
+
+    numpy refuses to flag an array writable when the buffer it came from is read-only (an object
+    store mapping, a ``bytes``), so the alias is made from the raw address; ``a`` itself (its
+    flags, which other code may rely on) is left untouched.
+    """
+    if a.size == 0:
+        return np.empty_like(a)  # nothing will be written
+    lib = getattr(np.lib, "array_utils", np)  # numpy >= 2 moved byte_bounds
+    low, high = (int(v) for v in lib.byte_bounds(a))
+    if not _mapped_writable(low, high):
+        raise InvalidArgumentError(
+            f"{what}: write_readonly=True was passed, but the array's memory is mapped read-only "
+            "by the operating system (np.load(..., mmap_mode='r'), say): writing into it would "
+            "crash this process. Pass a writable copy (x = x.copy()) instead"
+        )
+    raw = memoryview((ctypes.c_ubyte * (high - low)).from_address(low))
+    return np.ndarray(a.shape, a.dtype, buffer=raw, offset=a.ctypes.data - low, strides=a.strides)
+
+
+def _mapped_writable(low: int, high: int) -> bool:
+    """Whether the first and last byte of ``[low, high)`` can be written without a fault.
+
+    The kernel writes each byte back over itself through a pipe: where the page is read-only
+    (a PROT_READ mapping) it answers EFAULT instead of the SIGSEGV a plain store would raise.
+    """
+    page = mmap.PAGESIZE
+    r, w = os.pipe()
+    try:
+        for addr in {low, high - 1} if low // page != (high - 1) // page else {low}:
+            os.write(w, ctypes.string_at(addr, 1))
+            try:
+                os.readv(r, [memoryview((ctypes.c_ubyte * 1).from_address(addr))])
+            except OSError as e:
+                if e.errno == errno.EFAULT:
+                    return False
+                raise
+    finally:
+        os.close(r)
+        os.close(w)
+    return True
 
 
 def staged_buffer(x: Any, what: str, writable: bool, fill: bool) -> Buffer:

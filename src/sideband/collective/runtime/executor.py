@@ -4,17 +4,25 @@ failure once messages may have moved aborts the group on every rank.
 Blocking ops run on the caller's thread; ``async_op=True`` ops (and blocking ones queued behind
 them) run on the group's one worker thread, so order is call order either way. Scratch space is
 kept per group and reused: the hot path allocates nothing once buffers have grown to size.
+
+Every op is metered (``SIDEBAND_COLLECTIVE_METRICS``, on by default): its time on this rank, its
+input bytes and its error, by group, rank and op, into :class:`sideband._metrics.OpStats`, which
+the process's metrics thread exports to ``ray.util.metrics`` every few seconds. The op pays a
+clock read, a dict lookup and a few list updates, never a call into Ray.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 import numpy as np
 
+from sideband import _metrics, config
 from sideband.collective.algorithms.context import Op, Plan
 from sideband.collective.comm.engine import Comm
 from sideband.collective.runtime.work import Work
@@ -25,6 +33,17 @@ from sideband.errors import (
     InvalidArgumentError,
     PeerLostError,
 )
+
+log = logging.getLogger("sideband.collective")
+
+
+class Completed(Exception):
+    """Raised by an op body whose op finished on every rank but whose outcome, here, is an error
+    (``error``): raised as it is, and the group stays usable (no abort)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Executor:
@@ -42,6 +61,15 @@ class Executor:
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._last: concurrent.futures.Future | None = None
         self._scratch: dict[str, np.ndarray] = {}
+        self.stats: _metrics.OpStats | None = None
+        if config.get("SIDEBAND_COLLECTIVE_METRICS"):
+            self.stats = _metrics.op_stats(
+                "sideband_collective",
+                "Collective and point-to-point ops",
+                {"group": name, "rank": str(rank)},
+                _op_name,
+            )
+            _metrics.start()
 
     def scratch(self, key: str, nbytes: int) -> np.ndarray:
         buf = self._scratch.get(key)
@@ -72,11 +100,14 @@ class Executor:
         async_op: bool,
         timeout_s: float | None,
         p2p: bool = False,
+        nbytes: int = 0,
     ) -> Any:
-        """Run ``body`` as the next op (or queue it, returning a :class:`Work`)."""
+        """Run ``body`` as the next op (or queue it, returning a :class:`Work`); ``nbytes``, the
+        size of its input on this rank, is what the metrics count."""
         self.check_usable()
         timeout = self.timeout_s if timeout_s is None else self.timeout(timeout_s)
         comm = self.comm
+        st = self.stats
 
         def run() -> Any:
             with self.lock:
@@ -88,23 +119,33 @@ class Executor:
                 if not p2p:
                     self.seq += 1
                 comm.begin(label, None if p2p else seq, timeout, desc)
+                t0 = perf_counter()
                 try:
-                    return body(Op(comm, seq & 0xFFFFFFFF, desc, self.scratch, self.plan))
-                except CollectiveError as e:
-                    # Whatever fails once messages may have moved leaves the streams out of
-                    # step: the group is broken on every rank (argument errors are raised
-                    # before this point and leave it usable).
-                    comm.abort(e)
-                    raise
-                except (ConnectionError, OSError) as e:
-                    err = PeerLostError(f"{comm.describe()}: {e}")
-                    comm.abort(err)
-                    raise err from e
+                    try:
+                        return body(Op(comm, seq & 0xFFFFFFFF, desc, self.scratch, self.plan))
+                    except Completed as e:
+                        raise e.error from None
+                    except CollectiveError as e:
+                        # Whatever fails once messages may have moved leaves the streams out
+                        # of step: the group is broken on every rank (argument errors are
+                        # raised before this point and leave it usable).
+                        comm.abort(e)
+                        raise
+                    except (ConnectionError, OSError) as e:
+                        err = PeerLostError(f"{comm.describe()}: {e}")
+                        comm.abort(err)
+                        raise err from e
+                    except BaseException as e:
+                        comm.abort(e)
+                        raise
                 except BaseException as e:
-                    comm.abort(e)
+                    if st is not None:
+                        st.error(label, e)
                     raise
                 finally:
                     comm.end()
+                    if st is not None:
+                        st.record(label, nbytes, perf_counter() - t0)
 
         if async_op or (self._last is not None and not self._last.done()):
             if self._worker is None:
@@ -128,11 +169,25 @@ class Executor:
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
         if self.lock.acquire(timeout=5):
+            log.debug("group %r rank %d: destroyed; releasing its transports", self.name, self.rank)
             try:
                 release(True)
             finally:
                 self.lock.release()
         else:
             # An op is stuck in a wait: abort it so it raises, and let the transport go.
+            log.debug(
+                "group %r rank %d: destroyed while an op was running; aborting it",
+                self.name,
+                self.rank,
+            )
             self.comm.abort(GroupBrokenError("group destroyed while an op was running"))
             release(False)
+        if self.stats is not None:
+            _metrics.drop(self.stats)  # after a last export of what it counted
+
+
+def _op_name(label: str) -> str:
+    """``allreduce(float32[4], SUM) [torch gloo]`` -> ``allreduce``: one series per op kind,
+    whatever the shapes, peers and tags (``hello with rank 1``, a handshake, -> ``hello``)."""
+    return label.partition("(")[0].partition(" ")[0]

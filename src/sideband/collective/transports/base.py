@@ -5,8 +5,9 @@ moves bytes. Both calls are non-blocking and report progress, so one thread can 
 a receive on different channels at once (rings and socket buffers are finite: a rank that sent
 everything before receiving anything could deadlock with its peer).
 
-A transport that must split a byte stream into frames (TCP's reader thread, which handles abort
-frames out of band) is handed a :class:`FrameCodec` by its creator: it never knows the format.
+A transport that must split a byte stream into frames (TCP's reader thread, which checks every
+header and handles abort frames out of band) is handed a :class:`FrameCodec` by its creator: it
+never knows the format.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ class FrameCodec(Protocol):
     """What a stream transport needs to know about comm's frames (injected, never imported)."""
 
     header_size: int
+    #: The kind of abort notices (handled out of band by the reader).
+    abort_kind: int
 
-    def payload_size(self, header: memoryview) -> int:
-        """Bytes of payload that follow ``header``."""
-
-    def is_abort(self, header: memoryview) -> bool:
-        """Whether the frame is an abort notice (handled out of band by the reader)."""
+    def parse(self, header: memoryview) -> tuple[int, int, bool]:
+        """(kind, payload bytes, whether the payload must be authenticated); ValueError if the
+        header is malformed (unknown kind, a size over that kind's limit)."""
 
     def abort_frame(self, reason: str) -> bytes:
         """A complete abort frame carrying ``reason``."""
@@ -48,6 +49,8 @@ class Channel(ABC):
     eager_bytes: int = 0
     #: The peer's shared segment (local peers only).
     peer_segment: Any = None
+    #: Since when a send to the peer has found no room at all (it does not receive), or None.
+    send_blocked_since: float | None = None
 
     def __init__(self, peer: int) -> None:
         self.peer = peer

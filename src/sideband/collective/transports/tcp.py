@@ -1,11 +1,18 @@
 """TCP transport between ranks that cannot share memory.
 
-One connection per pair, opened by the higher rank. Before any payload is read, the connector
-proves group membership with an HMAC over a fresh challenge (the per-group secret travels through
-Ray, never over this socket), and the acceptor proves it back. A reader thread per connection
-drains the socket into memory, so a peer's send never blocks on this rank's progress, and it
-handles abort frames out of band. The frame format is comm's: the channel is handed a
-:class:`~sideband.collective.transports.base.FrameCodec`.
+One authenticated connection per pair (``handshake.py``). A reader thread per connection drains
+the socket into memory, so a peer's send rarely blocks on this rank's progress; but only up to a
+bound (``SIDEBAND_PEER_BUFFER_BYTES``): past it the reader stops reading, TCP's own flow control
+holds the sender, and the sender's op ends at its deadline naming the rank that does not receive.
+
+Every frame's header is checked (known kind, size within that kind's limit) before anything of
+its payload is read, and carries a tag: a keyed hash over a per-direction frame counter and the
+header, so an injected, replayed, reordered or altered header breaks the link instead of being
+believed. Control frames and frames whose payload gets unpickled have their payload tagged too,
+in chunks, and the layers above see only checked bytes; ``SIDEBAND_TCP_MAC=all`` tags every
+payload. Any failure of the reader (a closed socket, a bad tag, a malformed header, a bug) marks
+the link lost with its reason, so waiters raise at once. The frame format is comm's: the channel
+is handed a :class:`~sideband.collective.transports.base.FrameCodec`.
 """
 
 from __future__ import annotations
@@ -14,126 +21,38 @@ import collections
 import hashlib
 import hmac
 import logging
-import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from sideband._net import bind_in_range, watch_link
+from sideband import config
+from sideband._net import link_timeout_s, watch_link
 from sideband.collective.transports.base import Channel, FrameCodec
+from sideband.collective.transports.handshake import Link
 
 log = logging.getLogger("sideband.tcp")
 
-_HELLO = struct.Struct("<16sI16s")  # session id digest, rank, connector nonce
 _SLICE_S = 0.2
-_READ_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # the reader's unit, and the unit of tagged payloads
+_TAG = 16
+_SMALL_TAG = 4096
 _GIL_FREE_COPY = 64 << 10
+_IOV_MAX = 512
+_TCPI_UNACKED = 24  # offset of tcpi_unacked in Linux's struct tcp_info
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("peer closed the connection during the handshake")
-        got += k
-    return bytes(buf)
+def peer_buffer_bytes() -> int:
+    """Bytes that may wait per peer for no posted receive (``SIDEBAND_PEER_BUFFER_BYTES``)."""
+    n: int = config.get("SIDEBAND_PEER_BUFFER_BYTES")  # validated: >= 1 MiB (_CHUNK)
+    return n
 
 
-def _session_digest(session: str) -> bytes:
-    return hashlib.sha256(session.encode()).digest()[:16]
-
-
-def _mac(secret: bytes, *parts: bytes) -> bytes:
-    return hmac.new(secret, b"|".join(parts), hashlib.sha256).digest()
-
-
-class Listener:
-    """A listening socket on the node's address; accepts authenticated peers of one group."""
-
-    def __init__(self, host: str) -> None:
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        try:
-            bind_in_range(self.sock, host)
-        except BaseException:
-            self.sock.close()
-            raise
-        self.sock.listen(128)
-        self.host = host
-        self.port = self.sock.getsockname()[1]
-
-    def accept_peers(
-        self,
-        session: str,
-        secret: bytes,
-        expected: set[int],
-        deadline: float,
-        check: Callable[[], None],
-    ) -> dict[int, socket.socket]:
-        """Accept one authenticated connection from each rank in ``expected``."""
-        out: dict[int, socket.socket] = {}
-        digest = _session_digest(session)
-        while len(out) < len(expected):
-            check()
-            if time.monotonic() > deadline:
-                missing = sorted(expected - set(out))
-                raise TimeoutError(f"ranks {missing} did not connect")
-            self.sock.settimeout(_SLICE_S)
-            try:
-                conn, addr = self.sock.accept()
-            except TimeoutError:
-                continue
-            try:
-                hello = _recv_exact(conn, _HELLO.size, min(deadline, time.monotonic() + 5))
-                sess, rank, nonce_c = _HELLO.unpack(hello)
-                if sess != digest or rank not in expected or rank in out:
-                    raise PermissionError(f"unexpected hello (rank {rank})")
-                nonce_a = os.urandom(16)
-                conn.sendall(nonce_a)
-                proof = _recv_exact(conn, 32, min(deadline, time.monotonic() + 5))
-                want = _mac(secret, b"connect", digest, str(rank).encode(), nonce_a, nonce_c)
-                if not hmac.compare_digest(proof, want):
-                    raise PermissionError("bad membership proof")
-                conn.sendall(_mac(secret, b"accept", digest, nonce_c, nonce_a))
-            except (OSError, PermissionError, struct.error) as e:
-                log.warning(
-                    "sideband: rejected a connection from %s to group listener: %s", addr, e
-                )
-                conn.close()
-                continue
-            out[rank] = conn
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def connect_peer(
-    host: str, port: int, session: str, secret: bytes, my_rank: int, deadline: float
-) -> socket.socket:
-    """Connect to a lower rank's listener and run the mutual membership proof (one attempt:
-    OSError if nothing listens yet)."""
-    digest = _session_digest(session)
-    sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
-    try:
-        nonce_c = os.urandom(16)
-        sock.sendall(_HELLO.pack(digest, my_rank, nonce_c))
-        nonce_a = _recv_exact(sock, 16, deadline)
-        sock.sendall(_mac(secret, b"connect", digest, str(my_rank).encode(), nonce_a, nonce_c))
-        proof = _recv_exact(sock, 32, deadline)
-        if not hmac.compare_digest(proof, _mac(secret, b"accept", digest, nonce_c, nonce_a)):
-            raise PermissionError("the listener failed to prove group membership")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+class _Protocol(Exception):
+    """A frame that fails its tag or its header checks."""
 
 
 class TcpChannel(Channel):
@@ -144,27 +63,64 @@ class TcpChannel(Channel):
     def __init__(
         self,
         peer: int,
-        sock: socket.socket,
+        link: Link,
         codec: FrameCodec,
         on_data: Callable[[], None],
         on_abort: Callable[[str], None],
+        buffer_bytes: int | None = None,
     ) -> None:
         super().__init__(peer)
-        self.sock = sock
+        self.sock = sock = link.sock
         self._codec = codec
+        self._hs = codec.header_size
+        self._send_key, self._recv_key = link.send_key, link.recv_key
+        self._mac_all = link.mac_all
+        self._sent = 0  # tags sent and checked: the per-direction counters
+        self._checked = 0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         watch_link(sock)
         sock.settimeout(_SLICE_S)
         self._on_data = on_data
         self._on_abort = on_abort
         self._chunks: collections.deque[memoryview] = collections.deque()
+        # Bytes the reader took in and the consumer took out (one writer each, so no lock).
+        self._in = 0
+        self._out = 0
+        self._limit = peer_buffer_bytes() if buffer_bytes is None else buffer_bytes
+        self._room = threading.Event()
+        self._full = False
         self._lost: str | None = None
         self._closing = False
         self._send_lock = threading.Lock()
+        self._held_open = False
         self._reader = threading.Thread(
             target=self._read_loop, name=f"sideband-tcp-{peer}", daemon=True
         )
         self._reader.start()
+
+    # -- tags ----------------------------------------------------------------------------------
+    @staticmethod
+    def _tag(key: bytes, counter: int, data: memoryview | bytes) -> bytes:
+        """A keyed hash of ``counter`` and ``data``: BLAKE2b for headers and small payloads (the
+        cheapest keyed hash per call), HMAC-SHA256 above (OpenSSL, with the CPU's SHA
+        instructions: several times BLAKE2b's speed on large chunks)."""
+        ctr = counter.to_bytes(8, "little")
+        if len(data) <= _SMALL_TAG:
+            h = hashlib.blake2b(ctr, key=key, digest_size=_TAG)
+            h.update(data)
+            return h.digest()
+        m = hmac.new(key, ctr, "sha256")
+        m.update(data)
+        return m.digest()[:_TAG]
+
+    def _check_tag(self, data: memoryview, tag: memoryview) -> None:
+        want = self._tag(self._recv_key, self._checked, data)
+        self._checked += 1
+        if not hmac.compare_digest(want, tag):
+            raise _Protocol(
+                "a frame failed its integrity check: something on the path altered, injected or "
+                "replayed data (or the ranks disagree on SIDEBAND_TCP_MAC)"
+            )
 
     # -- reader thread -------------------------------------------------------------------------
     def _recv_some(self, view: memoryview) -> int:
@@ -187,47 +143,135 @@ class TcpChannel(Channel):
             got += self._recv_some(buf[got:])
         return buf
 
+    def _wait_for_room(self) -> None:
+        """Block (TCP then holds the sender) while the bound's worth waits unconsumed."""
+        while self._in - self._out >= self._limit and not self._closing:
+            self._room.clear()
+            self._full = True
+            if self._in - self._out >= self._limit:
+                self._room.wait(_SLICE_S)
+        self._full = False
+
+    def _push(self, data: memoryview) -> None:
+        self._chunks.append(data)
+        self._in += len(data)
+        self._on_data()
+
     def _read_loop(self) -> None:
+        codec, hs = self._codec, self._hs
         try:
-            codec = self._codec
             while not self._closing:
-                hdr = self._read_exact(codec.header_size)
-                nbytes = codec.payload_size(hdr)
-                if codec.is_abort(hdr):
-                    self._on_abort(codec.abort_reason(bytes(self._read_exact(nbytes))))
+                self._wait_for_room()
+                raw = self._read_exact(hs + _TAG)
+                hdr = raw[:hs]
+                self._check_tag(hdr, raw[hs:])
+                try:
+                    kind, nbytes, authenticated = codec.parse(hdr)
+                except ValueError as e:
+                    raise _Protocol(str(e)) from None
+                tagged = authenticated or self._mac_all
+                if kind == codec.abort_kind:
+                    payload = b"".join(bytes(p) for p in self._payload(nbytes, tagged))
+                    self._on_abort(codec.abort_reason(payload))
                     continue
-                self._chunks.append(hdr)
-                self._on_data()
-                left = nbytes
-                while left:
-                    piece = self._read_exact(min(left, _READ_CHUNK))
-                    left -= len(piece)
-                    self._chunks.append(piece)
-                    self._on_data()
-        except (OSError, ConnectionError) as e:
+                self._push(hdr)
+                for piece in self._payload(nbytes, tagged):
+                    self._push(piece)
+        except BaseException as e:
+            # Whatever stops the reader loses the link, and says why: a silent reader would
+            # leave waiters to their deadline.
             if not self._closing:
-                self._lost = f"connection to rank {self.peer} lost ({e})"
+                why = str(e) if isinstance(e, (_Protocol, ConnectionError)) else repr(e)
+                self._lost = f"connection to rank {self.peer} lost ({why})"
                 self._on_data()
+
+    def _payload(self, nbytes: int, tagged: bool) -> Iterator[memoryview]:
+        left = nbytes
+        while left:
+            n = min(left, _CHUNK)
+            piece = self._read_exact(n)
+            if tagged:
+                self._check_tag(piece, self._read_exact(_TAG))
+            left -= n
+            yield piece
+            if left:
+                self._wait_for_room()
 
     # -- Channel -------------------------------------------------------------------------------
     def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
-        total = 0
+        """Send one whole frame (``parts``: its header, then any payload), or raise: a frame
+        left half-sent leaves the stream unusable, and the op that raised breaks the group."""
+        hdr = parts[0]
+        assert len(hdr) == self._hs, "TCP writes whole frames"
+        try:
+            _kind, nbytes, authenticated = self._codec.parse(hdr)
+        except ValueError as e:
+            raise ConnectionError(f"refusing to send a malformed frame ({e})") from None
         with self._send_lock:
-            for data in parts:
-                sent, size = 0, len(data)
-                while sent < size:
-                    check()
-                    if self._lost:
-                        raise ConnectionError(self._lost)
-                    try:
-                        sent += self.sock.send(data[sent:])
-                    except TimeoutError:
-                        continue
-                    except OSError as e:
-                        self._lost = f"connection to rank {self.peer} lost ({e})"
-                        raise ConnectionError(self._lost) from e
-                total += size
-        return total
+            self._send(self._framed(hdr, parts[1:], authenticated), check)
+        return self._hs + nbytes
+
+    def _framed(self, hdr: memoryview, payload: list[memoryview], authenticated: bool) -> list:
+        """The wire form of a frame: tags after the header and, where due, each payload chunk
+        (under the send lock: tags are numbered in the order they are sent)."""
+        key = self._send_key
+        out: list[memoryview | bytes] = [hdr, self._tag(key, self._sent, hdr)]
+        self._sent += 1
+        for data in payload:
+            if not (authenticated or self._mac_all):
+                out.append(data)
+                continue
+            for lo in range(0, len(data), _CHUNK):
+                chunk = data[lo : lo + _CHUNK]
+                out += [chunk, self._tag(key, self._sent, chunk)]
+                self._sent += 1
+        return out
+
+    def _send(self, bufs: list, check: Callable[[], None]) -> None:
+        views = [memoryview(b).cast("B") for b in bufs if len(b)]
+        while views:
+            if self._lost:
+                raise ConnectionError(self._lost)
+            try:
+                n = self.sock.sendmsg(views[:_IOV_MAX])
+            except TimeoutError:
+                # The peer takes nothing: it is not receiving, or its reader is at its bound.
+                if self.send_blocked_since is None:
+                    self.send_blocked_since = time.monotonic()
+                self._hold_open(True)
+                check()
+                continue
+            except OSError as e:
+                self._lost = f"connection to rank {self.peer} lost ({e})"
+                raise ConnectionError(self._lost) from e
+            self._hold_open(False)
+            self.send_blocked_since = None
+            while n:
+                if n >= len(views[0]):
+                    n -= len(views.pop(0))
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+        self.send_blocked_since = None
+
+    def _hold_open(self, closed_window: bool) -> None:
+        """Keep a link whose peer is alive but not reading. Linux ends a connection whose
+        receive window stays shut past TCP_USER_TIMEOUT, probes answered or not; so while every
+        byte sent has been acknowledged (the peer's kernel is there, its window shut) the limit
+        is lifted, and it is set again once the peer takes data. A peer lost meanwhile is found
+        by Ray's actor check or the op's deadline."""
+        if closed_window == self._held_open:
+            return
+        try:
+            if closed_window:
+                info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+                if struct.unpack_from("<I", info, _TCPI_UNACKED)[0]:
+                    return  # data in flight unacknowledged: the peer may be gone
+            limit = 0 if closed_window else int(link_timeout_s() * 1000)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit)
+            self._held_open = closed_window
+        except (AttributeError, OSError, struct.error):
+            pass
 
     def read_into(self, out: memoryview) -> int:
         got = 0
@@ -248,16 +292,27 @@ class TcpChannel(Channel):
                 chunks.popleft()
             else:
                 chunks[0] = c[n:]
+        if got:
+            self._out += got
+            if self._full:
+                self._room.set()
         return got
 
     def abort(self, reason: str) -> None:
-        frame = self._codec.abort_frame(reason)
+        frame = memoryview(self._codec.abort_frame(reason))
+        hdr, payload = frame[: self._hs], frame[self._hs :]
+
+        def give_up() -> None:
+            raise TimeoutError("the peer takes nothing")
+
         try:
             with self._send_lock:
                 self.sock.settimeout(0.5)
-                self.sock.sendall(frame)
-                self.sock.settimeout(_SLICE_S)
-        except OSError:
+                try:
+                    self._send(self._framed(hdr, [payload], True), give_up)
+                finally:
+                    self.sock.settimeout(_SLICE_S)
+        except (OSError, ConnectionError):
             pass
 
     def lost(self) -> str | None:
@@ -265,6 +320,7 @@ class TcpChannel(Channel):
 
     def close(self) -> None:
         self._closing = True
+        self._room.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
