@@ -193,8 +193,9 @@ _var("SIDEBAND_TCP_MAC", "network", _choice(control=(), all=()), "control", "con
      "every payload (all; slower). Headers are always tagged.")  # fmt: skip
 _var("SIDEBAND_PEER_BUFFER_BYTES", "network", _bytes(1 << 20), 16 << 20,
      "a byte count >= 1M (e.g. 16M)",
-     "Bytes a TCP link's reader keeps per peer for no posted receive; past it TCP's flow "
-     "control holds the sender.", "16M")  # fmt: skip
+     "Bytes kept per peer for no posted receive (a TCP link's reader, and the stash of "
+     "messages not asked for yet); past it TCP's flow control or the ring holds the sender.",
+     "16M")  # fmt: skip
 _var("SIDEBAND_HOST", "network", _word, None, "an address or host name, no spaces",
      "The address sideband's listeners bind and advertise (groups, gangs, RDT).",
      "auto: 127.0.0.1 on a one-node cluster, else Ray's node address")  # fmt: skip
