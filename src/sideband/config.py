@@ -155,7 +155,7 @@ def _json(s: str) -> Any:
 
 
 # -- the registry --------------------------------------------------------------------------------
-_AUTO_SPIN = "auto: 200 while every rank of the host has a core, else 0"
+_AUTO_SPIN = "auto: sched_yield for an adaptive budget (5 us to 1 ms), then sleep"
 _var("SIDEBAND_HIERARCHICAL", "collectives", _choice(auto=(), on=_TRUE, off=(*_FALSE, "flat")),
      "auto", "auto, on (1/true) or off (0/false/flat)",
      "Host-aware algorithms across hosts: auto uses them when some host has 2 or more ranks; "
@@ -173,7 +173,8 @@ _var("SIDEBAND_CMA", "collectives", _bool, True, _BOOL,
 _var("SIDEBAND_ARENA", "collectives", _bool, True, _BOOL,
      "The arena of shared slots for small ops of a group on one host; 0 turns it off.")  # fmt: skip
 _var("SIDEBAND_SPIN", "collectives", _int(0), None, "an integer >= 0",
-     "Polls of its doorbell a waiting rank makes before it sleeps.", _AUTO_SPIN)  # fmt: skip
+     "Plain polls of its doorbell a waiting rank makes before it sleeps (0: sleep at once), "
+     "instead of the adaptive yield-then-sleep policy.", _AUTO_SPIN)  # fmt: skip
 _var("SIDEBAND_SHM_RING_BYTES", "collectives", _bytes(4096), 4 << 20,
      "a byte count >= 4096 (e.g. 4M)",
      "Size of each shared-memory ring (one per local peer), rounded up to a power of two.",

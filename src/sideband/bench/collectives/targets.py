@@ -6,70 +6,88 @@ from typing import Any
 
 from sideband.bench.collectives.config import _MIB
 
-# The issue's targets: (what, op, world size, nbytes, sideband transport, baseline, goal).
-TARGETS: tuple[tuple[str, str, int, int, str, str, float], ...] = (
-    ("allreduce 64 MiB, 2 actors vs ray gloo", "allreduce", 2, 64 * _MIB, "shm", "ray_gloo", 0.5),
-    ("allreduce 64 MiB, 2 actors vs MPICH", "allreduce", 2, 64 * _MIB, "shm", "mpich", 1.0),
-    ("allreduce 64 MiB, 4 actors vs ray gloo", "allreduce", 4, 64 * _MIB, "shm", "ray_gloo", 0.5),
-    ("allreduce 8 B, 2 actors vs ray gloo", "allreduce", 2, 8, "shm", "ray_gloo", 0.1),
-    ("allreduce 8 B, 4 actors vs ray gloo", "allreduce", 4, 8, "shm", "ray_gloo", 0.2),
-    ("allgather 64 MiB, 4 actors vs ray gloo", "allgather", 4, 64 * _MIB, "shm", "ray_gloo", 0.2),
-    ("broadcast 64 MiB, 4 actors vs ray gloo", "broadcast", 4, 64 * _MIB, "shm", "ray_gloo", 0.5),
-    ("send/recv 64 MiB vs one np.copyto", "send/recv", 2, 64 * _MIB, "shm", "memcpy", 1.2),
+# Issue 15's targets: (what, ops, world sizes, smallest and largest nbytes, sideband transport,
+# baseline, goal). A row holds when every point it covers does: the table shows its worst point.
+_EVERY_OP = ("allreduce", "broadcast", "allgather", "reduce_scatter", "send/recv", "barrier")
+_SIZED = tuple(op for op in _EVERY_OP if op != "barrier")
+_ALL = 1 << 62
+TARGETS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], int, int, str, str, float], ...] = (
+    ("shm, 2 ranks, every op, 8 B - 1 MiB vs MPICH", _EVERY_OP, (2,), 0, _MIB, "shm", "mpich", 2.5),
+    ("shm, 2 ranks, >= 4 MiB vs MPICH", _SIZED, (2,), 4 * _MIB, _ALL, "shm", "mpich", 1.0),
+    ("shm, 4 ranks, every op and size vs MPICH", _EVERY_OP, (4,), 0, _ALL, "shm", "mpich", 3.0),
+    ("shm, 4 ranks, >= 4 MiB vs MPICH", _SIZED, (4,), 4 * _MIB, _ALL, "shm", "mpich", 1.0),
     (
-        "tcp allreduce 64 MiB, 2 actors vs torch gloo",
-        "allreduce",
-        2,
-        64 * _MIB,
+        "tcp, 2 and 4 ranks, every op and size vs torch gloo",
+        _EVERY_OP,
+        (2, 4),
+        0,
+        _ALL,
         "tcp",
         "torch_gloo",
         1.0,
     ),
-    ("create a group of 4 running actors vs ray gloo", "create", 4, 0, "shm", "ray_gloo", 0.2),
-    # Group.empty buffers (issue 4, point 3): the gain over the rows above with ordinary arrays.
-    (
-        "send/recv 64 MiB, g.empty vs one np.copyto",
-        "send/recv",
-        2,
-        64 * _MIB,
-        "empty",
-        "memcpy",
-        1.2,
-    ),
-    (
-        "allreduce 64 MiB, 4 actors, g.empty vs ray gloo",
-        "allreduce",
-        4,
-        64 * _MIB,
-        "empty",
-        "ray_gloo",
-        0.5,
-    ),
+    ("moonshot: shm, every point vs MPICH", _EVERY_OP, (2, 4), 0, _ALL, "shm", "mpich", 1.0),
 )
 
 
+def _range_row(
+    idx: dict[tuple, dict[str, Any]],
+    what: str,
+    ops: tuple[str, ...],
+    wss: tuple[int, ...],
+    lo: int,
+    hi: int,
+    transport: str,
+    base: str,
+) -> dict[str, Any]:
+    """The worst measured point of one range target (None fields when none was measured)."""
+    worst: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    for (impl, op, ws, nbytes, tr), sb in idx.items():
+        if impl != "sideband" or tr != transport or op not in ops or ws not in wss:
+            continue
+        if op != "barrier" and not lo <= nbytes <= hi:
+            continue
+        bl = idx.get((base, op, ws, nbytes, None))
+        if bl is None or bl["median_s"] <= 0:
+            continue
+        ratio = sb["median_s"] / bl["median_s"]
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, sb, bl)
+    if worst is None:
+        return {
+            "target": what,
+            "point": None,
+            "sideband_s": None,
+            "baseline_s": None,
+            "ratio": None,
+        }
+    ratio, sb, bl = worst
+    point = f"{sb['op']} {sb['world_size']}r" + (
+        f" {_size(sb['nbytes'])}" if sb["op"] != "barrier" else ""
+    )
+    return {
+        "target": what,
+        "point": point,
+        "sideband_s": sb["median_s"],
+        "baseline_s": bl["median_s"],
+        "ratio": ratio,
+    }
+
+
+def _size(n: int) -> str:
+    for unit, f in (("MiB", _MIB), ("KiB", 1024)):
+        if n >= f and n % f == 0:
+            return f"{n // f} {unit}"
+    return f"{n} B"
+
+
 def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's target ratios (sideband median / baseline median) from one run's records."""
+    """Issue 15's target rows (worst sideband median / baseline median of each) in one run."""
     idx = {(r["impl"], r["op"], r["world_size"], r["nbytes"], r["transport"]): r for r in records}
     out = []
-    for what, op, ws, nbytes, transport, base, goal in TARGETS:
-        sb = idx.get(("sideband", op, ws, nbytes, transport))
-        bl = idx.get((base, op, ws, nbytes, None))
-        ratio = sb["median_s"] / bl["median_s"] if sb and bl and bl["median_s"] > 0 else None
-        out.append(
-            {
-                "target": what,
-                "sideband_s": sb["median_s"] if sb else None,
-                "baseline": base,
-                "baseline_s": bl["median_s"] if bl else None,
-                "ratio": ratio,
-                "goal": goal,
-                # "faster than MPICH" is strict; every other goal is "at most".
-                "met": None
-                if ratio is None
-                else ratio < goal
-                if base == "mpich"
-                else ratio <= goal,
-            }
-        )
+    for what, ops, wss, lo, hi, transport, base, goal in TARGETS:
+        row = _range_row(idx, what, ops, wss, lo, hi, transport, base)
+        ratio = row["ratio"]
+        row.update(baseline=base, goal=goal, met=None if ratio is None else ratio <= goal)
+        out.append(row)
     return out

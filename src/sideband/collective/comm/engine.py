@@ -216,7 +216,7 @@ class Comm:
         channels: dict[int, Channel],
         control: Control,
         live: Liveness,
-        spin: int,
+        spin: waiting.WaitPolicy,
         refs: Any = None,
     ) -> None:
         self.rank = rank

@@ -1,9 +1,10 @@
 """Every wait of a group, and the one back-off.
 
-Ranks wait on their own doorbell (a futex word in their control block, rung by peers): a short
-spin, then a sleep bounded by a slice, so the caller re-checks deadline, abort flag and peers
-between naps. Work no doorbell announces (a CUDA event, a torch op) is polled with growing pauses;
-formation (KV records, a peer's segment or listener appearing) retries with the same back-off.
+Ranks wait on their own doorbell (a futex word in their control block, rung by peers):
+``sched_yield`` for an adaptive budget (:class:`WaitPolicy`), then a futex sleep bounded by a
+slice, so the caller re-checks deadline, abort flag and peers between naps. Work no doorbell
+announces (a CUDA event, a torch op) is polled with growing pauses; formation (KV records, a
+peer's segment or listener appearing) retries with the same back-off.
 """
 
 from __future__ import annotations
@@ -27,12 +28,53 @@ POLL_MIN_S = 20e-6
 POLL_MAX_S = 0.002
 
 
-def spin_default(local_ranks: int) -> int:
-    """Polls before sleeping: worth it only while every local rank has a core of its own."""
+# Measured on the 2-core test machine (docs/benchmarks.md), Ray's actors at nice 15. A small op
+# costs ~10 us when the awaited peer answers while this rank still waits awake, 50-80 us when
+# it has to be woken. Yielding beats plain polling: on a core of its own sched_yield returns at
+# once (a poll every ~0.9 us), and when the scheduler has put both ranks on one core (it does, for
+# processes that wake each other) it hands the core over, where polling would hold it; it also
+# releases the GIL, which a TCP reader thread of this process may need. A peer that answers
+# later than any yield (starved by another process) is best awaited asleep, which frees the core;
+# neither case lasts, so the budget follows what yielding achieves, and a periodic longer probe
+# finds out when it works again.
+SPIN_MAX_S = 1e-3  # the most a wait yields before it sleeps
+SPIN_MIN_S = 5e-6
+PROBE_EVERY = 32  # waits between probes at 8 x the budget (so a small budget can grow back)
+
+
+class WaitPolicy:
+    """How a rank waits for its doorbell: ``sched_yield`` for an adaptive budget, then sleep.
+    A wait that yielding ended doubles the budget, one that had to sleep halves it.
+    ``polls`` (``SIDEBAND_SPIN``, 0 included): that many plain polls instead, nothing adaptive."""
+
+    __slots__ = ("polls", "budget", "_count")
+
+    def __init__(self, polls: int | None = None) -> None:
+        self.polls = polls
+        self.budget = SPIN_MAX_S if polls is None else 0.0
+        self._count = 0
+
+    def next_budget(self) -> float:
+        """The budget of the next wait (8 x larger on a probe)."""
+        self._count += 1
+        if self._count % PROBE_EVERY == 0:
+            return min(SPIN_MAX_S, 8 * self.budget)
+        return self.budget
+
+    def waited(self, yielded: bool) -> None:
+        """Adapt to a wait that yielding ended (``yielded``) or that had to sleep."""
+        if self.polls is not None:
+            return
+        if yielded:
+            self.budget = min(SPIN_MAX_S, self.budget * 2)
+        else:
+            self.budget = max(SPIN_MIN_S, self.budget / 2)
+
+
+def spin_default() -> WaitPolicy:
+    """A rank's wait policy: adaptive, unless ``SIDEBAND_SPIN`` (a number of polls) is set."""
     env: int | None = config.get("SIDEBAND_SPIN")
-    if env is not None:
-        return env
-    return 200 if local_ranks <= (os.cpu_count() or 1) else 0
+    return WaitPolicy(env)
 
 
 class Backoff:
@@ -82,14 +124,33 @@ def until(
         backoff.pause()
 
 
-def doorbell(control: Control, seen: int, spin: int, limit_s: float) -> None:
-    """Until the doorbell moves past ``seen``: spin ``spin`` polls, then sleep at most
-    ``limit_s``."""
+def doorbell(control: Control, seen: int, policy: WaitPolicy, limit_s: float) -> bool:
+    """Until the doorbell moves past ``seen``: yield for the policy's budget (or poll its
+    ``polls``), then sleep at most ``limit_s``. True if the doorbell moved before the sleep.
+
+    The budget is bounded (:data:`SPIN_MAX_S`) and the callers re-check liveness after every
+    return, so no phase hides an abort or a dead peer; an abort rings the doorbell, which ends
+    every phase at once."""
     bell = control.doorbell
-    for _ in range(spin):
+    if policy.polls is not None:
+        for _ in range(policy.polls):
+            if bell[0] != seen:
+                return True
+        control.sleep(seen, limit_s)
+        return False
+    if bell[0] != seen:
+        return True
+    now = time.perf_counter
+    end = now() + min(policy.next_budget(), limit_s)
+    yield_ = os.sched_yield
+    while now() < end:
+        yield_()
         if bell[0] != seen:
-            return
+            policy.waited(True)
+            return True
     control.sleep(seen, limit_s)
+    policy.waited(False)
+    return False
 
 
 def poll(done: Callable[[], bool], check: Callable[[], Any]) -> None:

@@ -157,7 +157,7 @@ def connect(
             channels,
             own.control,
             live,
-            waiting.spin_default(len(local)),
+            waiting.spin_default(),
             ByRef(False),
         )
         comm.closers += [own.close, plan.close, live.reports.close]
