@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gang_helpers
 import pytest
@@ -133,3 +134,46 @@ def test_driver_exit_leaves_no_jvm(ray_session: None) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _maps(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_the_second_gang_starts_every_jvm_from_the_cds_archives(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """The first gang records the classes its JVMs load; its release builds the archives (in
+    the background, waited for here); every JVM of the next gang maps them."""
+    from sideband.gang import Gang, cds
+
+    cache = str(tmp_path / "cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = cache  # the driver's side; env= gives the members theirs
+    try:
+        kwargs: dict = {"resources_per_worker": ZERO, "setup": "spark"}
+        kwargs["env"] = {"XDG_CACHE_HOME": cache}
+        with Gang(2, **kwargs) as gang:
+            assert gang.client.range(1000).count() == 1000
+        cds.wait_builds(600)
+        where = os.path.join(cache, "sideband", "spark-cds")
+        archives = sorted(f for f in os.listdir(where) if f.endswith(".jsa"))
+        assert len(archives) == 2, os.listdir(where)  # the daemons' and executors', the driver's
+        assert not [f for f in os.listdir(where) if f.endswith((".lst", ".tmp"))]
+        with Gang(2, **kwargs) as gang:
+            assert gang.client.range(1000).count() == 1000
+            jvms = _java_pids(gang.members)
+            driver = gang.client.sparkContext._gateway.proc.pid
+            assert len(jvms) == 5
+            for pid in jvms + [driver]:
+                assert ".jsa" in _maps(pid), f"JVM {pid} does not map a CDS archive"
+        assert wait_pids_gone(jvms + [driver]) == []
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old

@@ -10,6 +10,10 @@ By default every connection is mutual TLS with a certificate made for this gang
 otherwise unpickle and run. ``setup_options={"tls": False}`` turns that off. The certificate is
 what ``Security.temporary()`` makes, with an ECDSA P-256 key instead of RSA-2048 (a millisecond
 to make instead of a few hundred, and cheaper handshakes).
+
+Forming overlaps: rank 0 starts the scheduler first (:meth:`Setup.lead`), the driver connects its
+Client as soon as it is up (:meth:`Setup.led`) while the workers start, and the other members
+start their workers the moment the scheduler listens (not after a connect retry's back-off).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import datetime
 import math
 import socket
 import threading
+import time
 from typing import Any
 
+from sideband.errors import GangSetupError
 from sideband.gang.contract import GangContext
 from sideband.gang.ports import pick_port
 from sideband.gang.setup import GangPlan, Setup, require
@@ -47,6 +53,8 @@ class DaskSetup(Setup):
         self._client: Any = None
         self._plan: GangPlan | None = None
         self._security: Any = None
+        self._connect: threading.Thread | None = None
+        self._connect_error: BaseException | None = None
 
     # --- driver side ---------------------------------------------------------------------------
     def prepare(self, plan: GangPlan) -> dict[str, Any]:
@@ -63,28 +71,79 @@ class DaskSetup(Setup):
             "timeout_s": plan.timeout_s,
         }
 
-    def ready(self, results: list[Any]) -> None:
-        from distributed import Client
-
-        assert self._plan is not None
-        scheduler = results[0]["scheduler"]
-        self._client = Client(
-            scheduler, security=self._security, timeout=self._plan.timeout_s, set_as_default=False
+    def led(self, result: Any) -> None:
+        # The scheduler is up: the driver's Client connects while the workers still start.
+        self._connect = threading.Thread(
+            target=self._connect_client, args=(result["scheduler"],), daemon=True
         )
+        self._connect.start()
+
+    def _connect_client(self, scheduler: str) -> None:
+        try:
+            from distributed import Client
+
+            assert self._plan is not None
+            timeout = self._plan.timeout_s
+            client = Client(
+                scheduler, security=self._security, timeout=timeout, set_as_default=False
+            )
+            if self._connect is None:  # the gang stopped while it connected
+                client.close(timeout=5)
+            else:
+                self._client = client
+        except BaseException as e:
+            self._connect_error = e
+
+    def ready(self, results: list[Any]) -> None:
+        assert self._plan is not None and self._connect is not None
+        self._connect.join(self._plan.timeout_s)
+        if self._connect_error is not None:
+            raise self._connect_error
+        if self._client is None:
+            raise GangSetupError(
+                f"gang {self._plan.name}: no Dask client within {self._plan.timeout_s:g}s"
+            )
         self._client.wait_for_workers(self._plan.world_size, timeout=self._plan.timeout_s)
 
     def client(self) -> Any:
         return self._client
 
     def stop(self) -> None:
+        connect, self._connect = self._connect, None
+        if connect is not None:
+            connect.join(10.0)
         client, self._client = self._client, None
         if client is not None:
             client.close(timeout=5)
 
     # --- member side ---------------------------------------------------------------------------
+    def lead(
+        self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
+    ) -> dict[str, str]:
+        """Rank 0: the scheduler on MASTER_PORT (its worker starts in :meth:`setup`)."""
+        self._start_loop()
+        if master_socket is not None:
+            master_socket.close()  # the scheduler binds MASTER_PORT itself, right now
+        host, port = ctx.master_addr, ctx.master_port
+        self._call(self._start_scheduler(host, port, options), float(options["timeout_s"]))
+        return {"scheduler": f"{options['protocol']}://{host}:{port}"}
+
     def setup(
         self, ctx: GangContext, master_socket: socket.socket | None, options: dict[str, Any]
     ) -> dict[str, str]:
+        host, port = ctx.master_addr, ctx.master_port
+        timeout = float(options.get("timeout_s", 120))
+        if self._loop is None:  # every rank but 0, whose lead() started it
+            if master_socket is not None:
+                master_socket.close()
+            self._start_loop()
+            _wait_listening(host, port, timeout)
+        address = f"{options['protocol']}://{host}:{port}"
+        worker_host = host if ctx.master_addr == "127.0.0.1" else _node_ip()
+        worker = self._call(self._start_worker(ctx, address, worker_host, options), timeout)
+        return {"scheduler": address, "worker": worker}
+
+    def _start_loop(self) -> None:
         dask = require("dask", "dask")
         require("distributed", "dask")
         dask.config.set(_CONFIG)
@@ -93,17 +152,6 @@ class DaskSetup(Setup):
             target=self._loop.run_forever, name="sideband-dask-loop", daemon=True
         )
         self._thread.start()
-        host, port = ctx.master_addr, ctx.master_port
-        proto = options["protocol"]
-        timeout = float(options.get("timeout_s", 120))
-        if ctx.rank == 0:
-            if master_socket is not None:
-                master_socket.close()  # the scheduler binds MASTER_PORT itself, right now
-            self._call(self._start_scheduler(host, port, options), timeout)
-        address = f"{proto}://{host}:{port}"
-        worker_host = host if ctx.master_addr == "127.0.0.1" else _node_ip()
-        worker = self._call(self._start_worker(ctx, address, worker_host, options), timeout)
-        return {"scheduler": address, "worker": worker}
 
     def watch(self, ctx: GangContext, stopped: threading.Event) -> str | None:
         self._ended.wait()
@@ -213,6 +261,19 @@ def _temporary_security(security_cls: Any) -> Any:
             for kind, pem in (("key", key_pem), ("cert", cert_pem))
         },
     )
+
+
+def _wait_listening(host: str, port: int, timeout_s: float) -> None:
+    """Until the scheduler accepts connections: a worker that connects earlier backs off."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Dask scheduler {host}:{port} did not listen") from None
+            time.sleep(0.01)
 
 
 def _node_ip() -> str:

@@ -1,4 +1,5 @@
-"""JVMs started by gang members: children that die with their member, watched line by line.
+"""JVMs of Spark gangs: members' children that die with their member, watched line by line,
+and the end of pyspark's driver-side gateway JVM (:func:`stop_gateway`).
 
 Each JVM gets ``PR_SET_PDEATHSIG=SIGKILL`` (Linux): when the member process dies, however it
 dies, the kernel kills the JVM too (``spark-class`` ends in ``exec java``, which keeps it). Its
@@ -12,18 +13,23 @@ members exec ``java`` directly and each daemon costs one JVM start, not two.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
+
+from sideband.errors import GangSetupError
 
 _PR_SET_PDEATHSIG = 1
 # spark-class without its last step: load Spark's env (SPARK_SCALA_VERSION, spark-env.sh), keep
@@ -107,12 +113,18 @@ def _spark_command(
 
 
 def member_command(
-    command: Command | None, conf_dir: str, spark_class: str, main_class: str
+    command: Command | None,
+    conf_dir: str,
+    spark_class: str,
+    main_class: str,
+    jvm_options: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """A driver-computed command for this member (its own conf dir) and the env it needs, or
-    ``spark-class`` when there is none or its ``java`` does not exist on this node."""
+    """A driver-computed command for this member (its conf dir; ``jvm_options`` right after
+    ``java``) and the env it needs, or ``spark-class`` when there is none or its ``java`` does
+    not exist on this node."""
     if command and os.access(command[0][0], os.X_OK):
-        return [a.replace(CONF_DIR_MARK, conf_dir) for a in command[0]], dict(command[1])
+        argv = [a.replace(CONF_DIR_MARK, conf_dir) for a in command[0]]
+        return argv[:1] + list(jvm_options) + argv[1:], dict(command[1])
     return [spark_class, main_class], {}
 
 
@@ -186,6 +198,16 @@ class JVM:
         if self.proc.poll() is None:
             self.proc.terminate()
 
+    def kill(self) -> None:
+        """SIGKILL this JVM and every process under it (a worker's executors) now, and reap it:
+        nothing of theirs outlives the gang's folders, which are removed right after."""
+        for pid in reversed(_descendants(self.pid)):  # the deepest first: none is re-parented
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
     def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; returns once the JVM is gone."""
         self.terminate()
@@ -194,6 +216,27 @@ class JVM:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid``, parents before children (from /proc, every thread's)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
 _WORKDIR_PREFIX = "sideband-spark-"
@@ -224,3 +267,62 @@ def remove_stale_workdirs() -> None:
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
         except (ValueError, IndexError, PermissionError):
             continue
+
+
+def reap(proc: Any, grace_s: float = 5.0) -> None:
+    """Wait for a process to exit; kill it if it is still there after ``grace_s``."""
+    try:
+        proc.wait(grace_s)
+    except Exception:
+        proc.kill()
+        proc.wait()
+
+
+def wait_listening(host: str, port: int, timeout_s: float, jvm: JVM | None = None) -> None:
+    """Until the master accepts connections (a worker that registers too early backs off for
+    5-15 s, Spark's retry interval); ``jvm``: the master itself, whose exit ends the wait."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if jvm is not None and jvm.ended.is_set():
+                raise RuntimeError(f"{jvm.label} exited ({jvm.returncode}) {jvm.tail()}") from None
+            if time.monotonic() > deadline:
+                raise GangSetupError(
+                    f"the Spark master {host}:{port} did not listen in time"
+                ) from None
+            time.sleep(0.02)
+
+
+def stop_gateway(connecting: threading.Thread | None) -> None:
+    """End pyspark's driver-side gateway JVM (pyspark would keep it for the next session);
+    ``connecting``: a thread that may still be creating a session with it."""
+    try:
+        from pyspark import SparkContext
+    except ImportError:
+        return
+    if connecting is not None and connecting.is_alive():
+        # A session still connecting holds SparkContext._lock: end its JVM under it first.
+        proc = getattr(SparkContext._gateway, "proc", None)
+        if proc is not None:
+            proc.kill()
+        connecting.join(5.0)
+    with SparkContext._lock:
+        gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    try:
+        gateway.shutdown()
+    except Exception:
+        pass
+    if proc is not None:
+        try:
+            proc.stdin.close()  # the gateway JVM exits when its stdin closes
+        except Exception:
+            proc.kill()
+        # Its exit (shutdown hooks, temp dirs) need not hold up the members' teardown: a
+        # thread reaps it, and kills it if it is still there after 5 s.
+        threading.Thread(target=reap, args=(proc,), daemon=True).start()

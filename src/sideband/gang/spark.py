@@ -12,6 +12,8 @@ Forming overlaps what it can: the driver's JVM and the daemons' ``java`` command
 once, so members skip ``spark-class``'s launcher JVM) start with the placement; rank 0 leads
 (:meth:`Setup.lead`) by starting the master, and as soon as the master is elected the driver
 registers its application, while the workers start and get their executors as they register.
+Master, workers and executors start from a class-data-sharing archive that the first gang on the
+machine records and builds (``sideband.gang.cds``; ``setup_options={"cds": False}`` turns it off).
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ import time
 from typing import Any
 
 from sideband.errors import GangSetupError
+from sideband.gang import cds
 from sideband.gang.contract import GangContext
 from sideband.gang.jvm import (
+    CONF_DIR_MARK,
     JVM,
     Command,
     make_workdir,
     member_command,
     remove_stale_workdirs,
     spark_command,
+    stop_gateway,
+    wait_listening,
 )
 from sideband.gang.ports import pick_port, port_range, retries_left
 from sideband.gang.setup import GangPlan, Setup, require
@@ -87,15 +93,15 @@ class SparkSetup(Setup):
         self._launcher: threading.Thread | None = None
         self._connect: threading.Thread | None = None
         self._connect_error: BaseException | None = None
+        self._archive: cds.Archive | None = None
+        self._driver_cds: cds.Archive | None = None
 
     # --- driver side ---------------------------------------------------------------------------
     def warm_up(self, options: dict[str, Any]) -> None:
         pyspark = require("pyspark", "spark")
         spark_home = os.path.dirname(pyspark.__file__)
-        # While Ray places and starts the members: the driver's JVM, and the daemons' java
-        # command lines (so members exec java at once instead of spark-class's launcher JVM).
-        self._gateway = threading.Thread(target=self._launch_gateway, args=(options,), daemon=True)
-        self._gateway.start()
+        # While Ray places and starts the members: the daemons' java command lines (so members
+        # exec java at once instead of spark-class's launcher JVM), and the driver's JVM.
         env = {
             **_DAEMON_ENV,
             **(
@@ -111,6 +117,8 @@ class SparkSetup(Setup):
 
         self._launcher = threading.Thread(target=commands, daemon=True)
         self._launcher.start()
+        self._gateway = threading.Thread(target=self._launch_gateway, args=(options,), daemon=True)
+        self._gateway.start()
 
     def prepare(self, plan: GangPlan) -> dict[str, Any]:
         pyspark = require("pyspark", "spark")
@@ -118,9 +126,14 @@ class SparkSetup(Setup):
         cores, memory = _sizes(plan.bundle, plan.options)
         if self._launcher is not None:
             self._launcher.join(plan.timeout_s)
+        worker = self._commands.get(_WORKER_CLASS)
+        if worker and plan.options.get("cds", True) and set(plan.node_ips) == {_node_ip()}:
+            # The archive is built here, on the driver's node: only for members on this node.
+            self._archive = cds.for_command(worker[0], CONF_DIR_MARK)
         return {
             "spark_home": os.path.dirname(pyspark.__file__),
             "commands": dict(self._commands),
+            "cds": self._archive,
             "cores": cores,
             "memory_mb": memory,
             "timeout_s": plan.timeout_s,
@@ -131,9 +144,26 @@ class SparkSetup(Setup):
             from pyspark import SparkConf, SparkContext
 
             conf = SparkConf().set("spark.driver.memory", options.get("driver_memory", "1g"))
+            archive = self._driver_archive(options)
+            if archive is not None:
+                opts = archive.options(f"driver-p{os.getpid()}-{threading.get_ident()}")
+                conf.set("spark.driver.extraJavaOptions", " ".join(opts))
+                self._driver_cds = archive
             SparkContext._ensure_initialized(conf=conf)
         except BaseException as e:
             self._gateway_error = e
+
+    def _driver_archive(self, options: dict[str, Any]) -> cds.Archive | None:
+        """The driver JVM's own archive: its classpath is the daemons' but for its conf dir."""
+        if not options.get("cds", True) or self._launcher is None:
+            return None
+        self._launcher.join(60)  # the daemons' command, computed once per driver process
+        worker = self._commands.get(_WORKER_CLASS)
+        if not worker:
+            return None
+        home = os.environ.get("SPARK_HOME") or os.path.dirname(require("pyspark", "spark").__file__)
+        conf = os.environ.get("SPARK_CONF_DIR") or os.path.join(home, "conf")
+        return cds.for_command(worker[0], CONF_DIR_MARK, conf_dir=conf)
 
     def _plan_opt(self, key: str, default: Any) -> Any:
         return (self._plan.options if self._plan else {}).get(key, default)
@@ -165,6 +195,7 @@ class SparkSetup(Setup):
                 "spark.executor.cores": str(cores),
                 "spark.executor.memory": f"{memory}m",
                 "spark.cores.max": str(cores * plan.world_size),
+                **self._executor_cds(plan.name),
                 **_port_conf(host),
                 **self._plan_opt("spark_conf", {}),
             }
@@ -178,6 +209,12 @@ class SparkSetup(Setup):
                 session.stop()
         except BaseException as e:
             self._connect_error = e
+
+    def _executor_cds(self, gang: str) -> dict[str, str]:
+        if self._archive is None:
+            return {}
+        opts = self._archive.options(f"{gang}-exec{{{{EXECUTOR_ID}}}}")  # Spark fills the id in
+        return {"spark.executor.extraJavaOptions": " ".join(opts)}
 
     def ready(self, results: list[Any]) -> None:
         plan = self._plan
@@ -213,60 +250,49 @@ class SparkSetup(Setup):
         """End the driver's JVM too (pyspark would keep it for the next session)."""
         if self._gateway is not None:
             self._gateway.join(5.0)
-        try:
-            from pyspark import SparkContext
-        except ImportError:
-            return
-        if self._connect is not None and self._connect.is_alive():
-            # A session still connecting holds SparkContext._lock: end its JVM under it first.
-            proc = getattr(SparkContext._gateway, "proc", None)
-            if proc is not None:
-                proc.kill()
-            self._connect.join(5.0)
-        with SparkContext._lock:
-            gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
-        if gateway is None:
-            return
-        proc = getattr(gateway, "proc", None)
-        try:
-            gateway.shutdown()
-        except Exception:
-            pass
-        if proc is not None:
-            try:
-                proc.stdin.close()  # the gateway JVM exits when its stdin closes
-            except Exception:
-                proc.kill()
-            # Its exit (shutdown hooks, temp dirs) need not hold up the members' teardown: a
-            # thread reaps it, and kills it if it is still there after 5 s.
-            threading.Thread(target=_reap, args=(proc,), daemon=True).start()
+        stop_gateway(self._connect)
 
     def release(self) -> None:
         self.stop()
         remove_stale_workdirs()  # of members killed before their teardown, on this node
+        for archive in (self._archive, self._driver_cds):  # the first gang here recorded its
+            if archive is not None:  # classes: archive them
+                archive.build_in_background()
 
     # --- member side ---------------------------------------------------------------------------
     def _member_env(self, ctx: GangContext, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
         host = ctx.master_addr if ctx.master_addr == "127.0.0.1" else _node_ip()
         self._workdir = make_workdir(ctx.gang_name, ctx.rank)
+        conf_dir = self._workdir
+        archive: cds.Archive | None = options.get("cds")
+        if archive is not None and cds.root() == archive.root:
+            # One conf dir (empty) for every JVM, so they share the archived classpath.
+            self._archive, conf_dir = archive, archive.conf_dir(archive.root).rstrip(os.sep)
         env = {
             **os.environ,
             **_DAEMON_ENV,
             "SPARK_HOME": options["spark_home"],
             "SPARK_LOCAL_IP": host,
             "SPARK_LOG_DIR": self._workdir,
-            "SPARK_CONF_DIR": self._workdir,  # no stray spark-defaults.conf from the machine
+            "SPARK_LOCAL_DIRS": self._workdir,  # the executors' scratch too: removed with it
+            "SPARK_CONF_DIR": conf_dir,  # no stray spark-defaults.conf from the machine
         }
         if "daemon_memory" in options:
             env["SPARK_DAEMON_MEMORY"] = options["daemon_memory"]
         return host, env
 
-    def _argv(self, main_class: str, options: dict[str, Any], env: dict[str, str]) -> list[str]:
+    def _argv(
+        self, main_class: str, options: dict[str, Any], env: dict[str, str], label: str
+    ) -> list[str]:
         """The daemon's command line; ``env`` gets what Spark's env script would have set."""
         spark_class = os.path.join(options["spark_home"], "bin", "spark-class")
         command = options.get("commands", {}).get(main_class)
-        assert self._workdir is not None
-        argv, extra = member_command(command, self._workdir, spark_class, main_class)
+        conf_dir, jvm_options = self._workdir, []
+        if self._archive is not None:
+            conf_dir = self._archive.conf_dir(self._archive.root)
+            jvm_options = self._archive.options(label)
+        assert conf_dir is not None
+        argv, extra = member_command(command, conf_dir, spark_class, main_class, jvm_options)
         env.update(extra)
         return argv
 
@@ -280,7 +306,7 @@ class SparkSetup(Setup):
             master_socket.close()  # the master binds MASTER_PORT itself, right now
         master = self._start(
             "spark-master",
-            self._argv(_MASTER_CLASS, options, env)
+            self._argv(_MASTER_CLASS, options, env, f"{ctx.gang_name}-master")
             + [
                 "--host",
                 ctx.master_addr,
@@ -291,7 +317,7 @@ class SparkSetup(Setup):
             ],
             env,
         )
-        _wait_listening(ctx.master_addr, ctx.master_port, timeout, master)
+        wait_listening(ctx.master_addr, ctx.master_port, timeout, master)
         self._start_worker(ctx, host, env, options)
         master.wait_for(_MASTER_READY, timeout)
         return {"master": _master_url(ctx)}
@@ -305,7 +331,7 @@ class SparkSetup(Setup):
                 master_socket.close()
             host, env = self._member_env(ctx, options)
             # A worker that registers before the master listens backs off 5-15 s.
-            _wait_listening(ctx.master_addr, ctx.master_port, timeout)
+            wait_listening(ctx.master_addr, ctx.master_port, timeout)
             self._start_worker(ctx, host, env, options)
         self._jvms[-1].wait_for(_WORKER_READY, timeout)
         return {"master": _master_url(ctx), "jvm_pids": [j.pid for j in self._jvms]}
@@ -315,7 +341,7 @@ class SparkSetup(Setup):
     ) -> JVM:
         return self._start(
             "spark-worker",
-            self._argv(_WORKER_CLASS, options, env)
+            self._argv(_WORKER_CLASS, options, env, f"{ctx.gang_name}-r{ctx.rank}")
             + [
                 _master_url(ctx),
                 "--host",
@@ -359,42 +385,17 @@ class SparkSetup(Setup):
         return None
 
     def teardown(self, ctx: GangContext) -> None:
-        for jvm in self._jvms:  # all at once: each worker stops its own executor
-            jvm.terminate()
+        # The driver already ended the application; what is left only routes messages, and all
+        # the JVMs' files are in the work folder: SIGKILL (with the executors), not a graceful
+        # stop that runs every JVM's shutdown hooks first.
         for jvm in self._jvms:
-            jvm.stop()
+            jvm.kill()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def _reap(proc: Any, grace_s: float = 5.0) -> None:
-    try:
-        proc.wait(grace_s)
-    except Exception:
-        proc.kill()
-        proc.wait()
-
-
 def _master_url(ctx: GangContext) -> str:
     return f"spark://{ctx.master_addr}:{ctx.master_port}"
-
-
-def _wait_listening(host: str, port: int, timeout_s: float, jvm: JVM | None = None) -> None:
-    """Until the master accepts connections (a worker that registers too early backs off for
-    5-15 s, Spark's retry interval); ``jvm``: the master itself, whose exit ends the wait."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if jvm is not None and jvm.ended.is_set():
-                raise RuntimeError(f"{jvm.label} exited ({jvm.returncode}) {jvm.tail()}") from None
-            if time.monotonic() > deadline:
-                raise GangSetupError(
-                    f"the Spark master {host}:{port} did not listen in time"
-                ) from None
-            time.sleep(0.02)
 
 
 def _node_ip() -> str:
