@@ -28,7 +28,7 @@ from typing import Any
 
 from sideband.errors import GangSetupError
 from sideband.gang.contract import GangContext
-from sideband.gang.ports import pick_port
+from sideband.gang.ports import node_ip, pick_port
 from sideband.gang.setup import GangPlan, Setup, require
 
 _CONFIG = {
@@ -139,7 +139,7 @@ class DaskSetup(Setup):
             self._start_loop()
             _wait_listening(host, port, timeout)
         address = f"{options['protocol']}://{host}:{port}"
-        worker_host = host if ctx.master_addr == "127.0.0.1" else _node_ip()
+        worker_host = host if ctx.master_addr == "127.0.0.1" else node_ip()
         worker = self._call(self._start_worker(ctx, address, worker_host, options), timeout)
         return {"scheduler": address, "worker": worker}
 
@@ -274,12 +274,6 @@ def _wait_listening(host: str, port: int, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the Dask scheduler {host}:{port} did not listen") from None
             time.sleep(0.01)
-
-
-def _node_ip() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()
 
 
 def client(gang: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sideband.errors import MissingExtraError
 from sideband.gang.contract import GangContext
-from sideband.gang.ports import bind_in_range
+from sideband.gang.ports import bind_in_range, node_ip
 from sideband.gang.setup import GangPlan, Setup, require
 
 
@@ -102,7 +102,7 @@ class HorovodSetup(Setup):
         rank, size, local_rank, local_size, cross_rank, cross_size = options["slots"][
             ctx.rank
         ].split(",")
-        my_ip = "127.0.0.1" if ctx.master_addr == "127.0.0.1" else _node_ip()
+        my_ip = "127.0.0.1" if ctx.master_addr == "127.0.0.1" else node_ip()
         os.environ.update(
             {
                 "HOROVOD_HOSTNAME": my_ip,
@@ -127,9 +127,3 @@ class HorovodSetup(Setup):
         if self._initialised:
             require("horovod.torch", "horovod").shutdown()
             self._initialised = False
-
-
-def _node_ip() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()

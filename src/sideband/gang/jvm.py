@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sideband.errors import GangSetupError
+from sideband.gang.ports import pick_port, port_range, retries_left
 
 _PR_SET_PDEATHSIG = 1
 # spark-class without its last step: load Spark's env (SPARK_SCALA_VERSION, spark-env.sh), keep
@@ -326,3 +327,16 @@ def stop_gateway(connecting: threading.Thread | None) -> None:
         # Its exit (shutdown hooks, temp dirs) need not hold up the members' teardown: a
         # thread reaps it, and kills it if it is still there after 5 s.
         threading.Thread(target=reap, args=(proc,), daemon=True).start()
+
+
+def port_conf(host: str) -> dict[str, str]:
+    """The driver's spark.*.port settings inside SIDEBAND_PORT_RANGE (none when no range is
+    set)."""
+    if port_range() is None:
+        return {}
+    start = pick_port(host)
+    return {
+        "spark.driver.port": str(start),
+        "spark.blockManager.port": str(start),
+        "spark.port.maxRetries": str(retries_left(start)),
+    }

@@ -34,3 +34,10 @@ def retries_left(port: int) -> int:
     if rng is None or port == 0:
         return 16
     return max(0, rng[1] - port)
+
+
+def node_ip() -> str:
+    """This node's IP address as Ray reports it: where members on other nodes reach this one."""
+    import ray  # lazily, like every Ray import of the gang's member-side code
+
+    return ray.util.get_node_ip_address()

@@ -35,12 +35,13 @@ from sideband.gang.jvm import (
     Command,
     make_workdir,
     member_command,
+    port_conf,
     remove_stale_workdirs,
     spark_command,
     stop_gateway,
     wait_listening,
 )
-from sideband.gang.ports import pick_port, port_range, retries_left
+from sideband.gang.ports import node_ip, pick_port
 from sideband.gang.setup import GangPlan, Setup, require
 
 _DEFAULT_MEMORY_MB = 1024
@@ -61,18 +62,6 @@ def _sizes(plan_bundle: dict[str, float], options: dict[str, Any]) -> tuple[int,
     if memory is None:
         memory = plan_bundle["memory"] / 2**20 if "memory" in plan_bundle else _DEFAULT_MEMORY_MB
     return cores, max(256, int(memory))
-
-
-def _port_conf(host: str) -> dict[str, str]:
-    """spark.*.port settings inside SIDEBAND_PORT_RANGE (nothing when no range is set)."""
-    if port_range() is None:
-        return {}
-    start = pick_port(host)
-    return {
-        "spark.driver.port": str(start),
-        "spark.blockManager.port": str(start),
-        "spark.port.maxRetries": str(retries_left(start)),
-    }
 
 
 class SparkSetup(Setup):
@@ -127,7 +116,7 @@ class SparkSetup(Setup):
         if self._launcher is not None:
             self._launcher.join(plan.timeout_s)
         worker = self._commands.get(_WORKER_CLASS)
-        if worker and plan.options.get("cds", True) and set(plan.node_ips) == {_node_ip()}:
+        if worker and plan.options.get("cds", True) and set(plan.node_ips) == {node_ip()}:
             # The archive is built here, on the driver's node: only for members on this node.
             self._archive = cds.for_command(worker[0], CONF_DIR_MARK)
         return {
@@ -186,7 +175,7 @@ class SparkSetup(Setup):
             if self._gateway_error is not None:
                 raise GangSetupError(f"the driver's Spark JVM did not start: {self._gateway_error}")
             cores, memory = _sizes(plan.bundle, plan.options)
-            host = "127.0.0.1" if plan.single_node else _node_ip()
+            host = "127.0.0.1" if plan.single_node else node_ip()
             builder = SparkSession.builder.master(master).appName(plan.name)
             conf = {
                 "spark.driver.host": host,
@@ -196,7 +185,7 @@ class SparkSetup(Setup):
                 "spark.executor.memory": f"{memory}m",
                 "spark.cores.max": str(cores * plan.world_size),
                 **self._executor_cds(plan.name),
-                **_port_conf(host),
+                **port_conf(host),
                 **self._plan_opt("spark_conf", {}),
             }
             for k, v in conf.items():
@@ -261,7 +250,7 @@ class SparkSetup(Setup):
 
     # --- member side ---------------------------------------------------------------------------
     def _member_env(self, ctx: GangContext, options: dict[str, Any]) -> tuple[str, dict[str, str]]:
-        host = ctx.master_addr if ctx.master_addr == "127.0.0.1" else _node_ip()
+        host = ctx.master_addr if ctx.master_addr == "127.0.0.1" else node_ip()
         self._workdir = make_workdir(ctx.gang_name, ctx.rank)
         conf_dir = self._workdir
         archive: cds.Archive | None = options.get("cds")
@@ -396,12 +385,6 @@ class SparkSetup(Setup):
 
 def _master_url(ctx: GangContext) -> str:
     return f"spark://{ctx.master_addr}:{ctx.master_port}"
-
-
-def _node_ip() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()
 
 
 def session(gang: Any) -> Any:

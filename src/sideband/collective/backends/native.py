@@ -240,7 +240,7 @@ class Native:
             return _FAILED + f"{type(e).__name__}: {e}".encode(errors="replace"), e
 
     def _unpickle(self, data: memoryview, src: int, what: str) -> Any:
-        if bytes(data[: len(_FAILED)]) == _FAILED:
+        if data[: len(_FAILED)] == _FAILED:
             raise PeerOpError(
                 f"{what} on rank {self.rank}: rank {src} could not take part "
                 f"({bytes(data[len(_FAILED) :]).decode(errors='replace')}); no rank used the "
@@ -297,7 +297,7 @@ class Native:
         # Every notice is checked before anything is unpickled: one failing rank is reported
         # alike by all ranks.
         for p, d in enumerate(got):
-            if p != self.rank and bytes(d[: len(_FAILED)]) == _FAILED:
+            if p != self.rank and d[: len(_FAILED)] == _FAILED:
                 self._unpickle(d, p, what)
         return [obj if p == self.rank else guard.loads(d) for p, d in enumerate(got)]
 

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sideband import config
 from sideband.collective.comm import waiting
 from sideband.collective.comm.framing import HEADER, KIND_COLL, KIND_P2P, KIND_REF, abort_reason
 from sideband.collective.comm.liveness import Liveness
 from sideband.collective.transports.base import Channel
 from sideband.collective.transports.control import Control
-from sideband.collective.transports.tcp import peer_buffer_bytes
 from sideband.errors import MismatchError
 
 _HDR = HEADER.size
@@ -236,7 +236,7 @@ class Comm:
             int, collections.defaultdict[tuple[int, int], collections.deque]
         ] = collections.defaultdict(lambda: collections.defaultdict(collections.deque))
         self.stashed_bytes: collections.Counter[int] = collections.Counter()
-        self.stash_limit = peer_buffer_bytes()
+        self.stash_limit: int = config.get("SIDEBAND_PEER_BUFFER_BYTES")
         self.check = live.check
         self.describe = live.describe
         self.who = live.who

@@ -25,8 +25,8 @@ _RAY_CHECK_AFTER_S = 1.0
 _RAY_CHECK_EVERY_S = 1.0
 
 # A rank's board in its segment, read by its local peers when an op times out: the collective
-# it last entered (sequence number + 1), whether it is in an op, since when (wall clock), when
-# its last op ended, and the op's label.
+# it last entered (sequence number + 1), whether it is in an op, since when and when its last op
+# ended (CLOCK_MONOTONIC, one clock for every process of the host), and the op's label.
 BOARD_BYTES = 256
 _BOARD = struct.Struct("<IIddI")
 _LABEL_AT = 32
@@ -71,7 +71,6 @@ class Liveness:
         self._in_op: Any = None
         self._peer_boards: dict[int, memoryview] = {}
         self._board_label = ""
-        self._wall_started = 0.0
         # Where remote peers are: a KV record each, published while blocked (rendezvous/reports).
         self.reports: Any = None
         self._reported = False
@@ -100,11 +99,10 @@ class Liveness:
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.note = ""
-        self._wall_started = time.time()
         if self._board is not None:
             if seq is not None:
                 self.entered[0] = (seq + 1) & 0xFFFFFFFF  # type: ignore[index]
-            self._times[0] = self._wall_started
+            self._times[0] = self.started
             if label != self._board_label:  # an op called in a loop writes its label once
                 self._board_label = label
                 data = label.encode()[: BOARD_BYTES - _LABEL_AT]
@@ -112,37 +110,43 @@ class Liveness:
                 self._board[_LABEL_AT : _LABEL_AT + len(data)] = data
             self._in_op[0] = 1
 
-    def end(self) -> None:
+    def end(self) -> float:
+        """Close the op bracket; returns the op's duration in seconds."""
+        ended = time.monotonic()
         if self._board is not None:
             self._in_op[0] = 0
-            self._times[1] = time.time()
+            self._times[1] = ended
         if self._reported:
             self._reported = False
             self.reports.publish(self._state(False))
         self.current_op = ""
         self.current_seq = None
         self.deadline = float("inf")
+        return ended - self.started
 
     # -- where everyone is ---------------------------------------------------------------------
     def _state(self, in_op: bool) -> dict[str, Any]:
+        """This rank's record for its remote peers (wall clock: hosts share no other)."""
+        now = time.time()
         return {
             "op": self.current_op,
             "seq": self.current_seq,
             "in_op": in_op,
-            "started": self._wall_started,
-            "ended": None if in_op else time.time(),
+            "started": now - (time.monotonic() - self.started),
+            "ended": None if in_op else now,
             "pid": os.getpid(),
         }
 
     def _read_board(self, board: memoryview) -> dict[str, Any]:
         entered, in_op, started, ended, n = _BOARD.unpack(bytes(board[: _BOARD.size]))
         label = bytes(board[_LABEL_AT : _LABEL_AT + min(n, BOARD_BYTES - _LABEL_AT)])
+        to_wall = time.time() - time.monotonic()
         return {
             "op": label.decode(errors="replace"),
             "seq": entered - 1 if entered else None,
             "in_op": bool(in_op),
-            "started": started,
-            "ended": ended or None,
+            "started": started + to_wall,
+            "ended": ended + to_wall if ended else None,
         }
 
     def whereabouts(self) -> str:

@@ -45,12 +45,6 @@ _IOV_MAX = 512
 _TCPI_UNACKED = 24  # offset of tcpi_unacked in Linux's struct tcp_info
 
 
-def peer_buffer_bytes() -> int:
-    """Bytes that may wait per peer for no posted receive (``SIDEBAND_PEER_BUFFER_BYTES``)."""
-    n: int = config.get("SIDEBAND_PEER_BUFFER_BYTES")  # validated: >= 1 MiB (_CHUNK)
-    return n
-
-
 class _Protocol(Exception):
     """A frame that fails its tag or its header checks."""
 
@@ -86,7 +80,9 @@ class TcpChannel(Channel):
         # Bytes the reader took in and the consumer took out (one writer each, so no lock).
         self._in = 0
         self._out = 0
-        self._limit = peer_buffer_bytes() if buffer_bytes is None else buffer_bytes
+        # SIDEBAND_PEER_BUFFER_BYTES is validated >= 1 MiB (_CHUNK).
+        limit = config.get("SIDEBAND_PEER_BUFFER_BYTES") if buffer_bytes is None else buffer_bytes
+        self._limit: int = limit
         self._room = threading.Event()
         self._full = False
         self._lost: str | None = None
