@@ -12,6 +12,7 @@ Longer run (docs/reliability.md quotes its figures)::
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -27,7 +28,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sideband.collective.algorithms import arena  # noqa: E402
-from sideband.collective.transports import shm  # noqa: E402
+from sideband.collective.comm.waiting import WaitPolicy  # noqa: E402
+from sideband.collective.transports import control, shm  # noqa: E402
 from sideband.errors import CollectiveTimeoutError, MismatchError, PeerLostError  # noqa: E402
 
 # 200 examples a test in the suite; SIDEBAND_FUZZ_EXAMPLES (tests only) sets more for a long run.
@@ -38,6 +40,7 @@ _SETTINGS = settings(
 )
 _u32 = st.integers(min_value=0, max_value=0xFFFFFFFF)
 _MASK = 0xFFFFFFFF
+_CONTROL = control.SIZE
 
 
 # --- rings -----------------------------------------------------------------------------------
@@ -176,7 +179,11 @@ class _FakeComm:
     def __init__(self, n: int, peek: Any) -> None:
         self.rank, self.world_size = 0, n
         self.live = SimpleNamespace(hooks=[], current_seq=None, current_desc=0)
-        self.control = SimpleNamespace(doorbell=memoryview(bytearray(4)).cast("I"))
+        self._own = _Segment()  # a doorbell and an abort flag, at real addresses (C reads them)
+        self.control = SimpleNamespace(
+            doorbell=memoryview(self._own.mem)[:4].cast("I"), abort_addr=self._own.base + 64
+        )
+        self.spin = WaitPolicy(0)  # no yield phase: the fuzzed waits end at the first look
         self.checks = 0
         self._peek = peek
 
@@ -198,13 +205,24 @@ class _FakeComm:
         return self._peek
 
 
+class _Segment:
+    """What the arena uses of a shm.Segment: a control block, then the arena, in real memory."""
+
+    def __init__(self) -> None:
+        self.mem = bytearray(_CONTROL + arena.AREA_BYTES)
+        self._pin = ctypes.c_char.from_buffer(self.mem)  # an export: the bytes never move
+        self.base = ctypes.addressof(self._pin)
+        self.control = SimpleNamespace(doorbell_addr=self.base, sleeping_addr=self.base + 12)
+
+    def area(self, key: str) -> memoryview:
+        return memoryview(self.mem)[_CONTROL:]
+
+    def area_offset(self, key: str) -> int:
+        return _CONTROL
+
+
 def _segments(n: int) -> list[Any]:
-    bell = SimpleNamespace(ring=lambda: None)
-    out = []
-    for _ in range(n):
-        buf = memoryview(bytearray(arena.AREA_BYTES))
-        out.append(SimpleNamespace(control=bell, area=lambda key, b=buf: b))
-    return out
+    return [_Segment() for _ in range(n)]
 
 
 _header = st.tuples(_u32, _u32, _u32, _u32, _u32)

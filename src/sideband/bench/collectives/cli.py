@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     actor_cls = ray.remote(num_cpus=0)(BenchWorker)
     actors: list[Any] = [actor_cls.remote() for _ in range(max(mode.world_sizes))]
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     try:
         _on_each(actors, args.timeout, _a_setup, env, has_torch, rank_arg=False)
         with Progress(
@@ -138,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if started_ray:
             ray.shutdown()
     elapsed = time.perf_counter() - started
+    # Ray's actors run at nice 15, mpiexec's ranks at the caller's niceness: on a machine busy
+    # with other work the actors get the CPU last, so every figure needs its load beside it.
+    run.notes.append(
+        f"load average (1 min) {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
+        f"the end, on {os.cpu_count()} cores"
+    )
     rats = ratios(run.records)
     # Tables are read in files and CI logs too: never squeeze them to a pipe's 80 columns.
     out = Console() if sys.stdout.isatty() else Console(width=160)

@@ -13,6 +13,8 @@ part handed up ever reaches past a slot, whatever a peer wrote.
 
 from __future__ import annotations
 
+import array
+import struct
 from typing import Any
 
 import numpy as np
@@ -20,12 +22,14 @@ import numpy as np
 from sideband.collective.comm.engine import Comm
 from sideband.collective.comm.framing import KIND_COLL
 from sideband.collective.comm.waiting import SLICE_S
+from sideband.collective.transports import _native
 from sideband.errors import MismatchError
 
 SLOT_BYTES = 8192  # payload of one slot: ops up to this size go through the arena
 _HDR = 64  # per slot: step @0, seq @4, desc @8, nbytes @16
 AREA = "arena"
 AREA_BYTES = 2 * (_HDR + SLOT_BYTES)  # two alternating slots per rank, in its shared segment
+_UNSEEN = 0xFFFFFFFF  # a peer's size before its slot carries this round's step
 
 
 def _slot(area: memoryview, k: int) -> tuple[memoryview, memoryview]:
@@ -43,13 +47,25 @@ class Arena:
         self.comm = comm
         self.rank = comm.rank
         self.n = comm.world_size
-        self.bells = [seg.control for seg in segments]
         areas = [seg.area(AREA) for seg in segments]
         # Views made once: the hot path allocates nothing.
         self.hdr = [[_slot(a, k)[0] for k in (0, 1)] for a in areas]
         self.data = [[_slot(a, k)[1] for k in (0, 1)] for a in areas]
         self.k = 0
-        self._sizes = [0] * self.n  # each part's size in the current op, as checked
+        # Each part's size in the current op, as checked (filled in by C as peers arrive).
+        self._sizes = array.array("I", [0] * self.n)
+        self._unseen = array.array("I", [_UNSEEN] * self.n)
+        # For C: per rank, the addresses of its two slots (header, data), doorbell and sleeping
+        # flag. The views above keep every mapping alive until close().
+        addrs = []
+        for seg in segments:
+            at = seg.base + seg.area_offset(AREA)
+            for k in (0, 1):
+                hdr = at + k * (_HDR + SLOT_BYTES)
+                addrs += [hdr, hdr + _HDR]
+            addrs += [seg.control.doorbell_addr, seg.control.sleeping_addr]
+        self._table = struct.pack(f"{len(addrs)}Q", *addrs)
+        self._abort = comm.control.abort_addr
         self._inside = False
         self._arrays: dict[tuple[int, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
         # Every wait of a large op also looks here: a peer that took the arena for the same op
@@ -75,83 +91,72 @@ class Arena:
     ) -> list[memoryview]:
         """Publish ``mine`` as this rank's part of op ``tag``; return every rank's part.
 
-        ``expect``: the size every part must have (a peer whose slot says otherwise raises)."""
+        ``expect``: the size every part must have (a peer whose slot says otherwise raises).
+        The round itself (publish, ring, poll then yield) runs in C (``_native``); a wait that
+        outlasts the yield budget comes back here to check liveness and sleep."""
         comm, r = self.comm, self.rank
         self.k = k = self.k + 1
-        step = k & 0xFFFFFFFF
+        step = k & 0xFFFFFFFF or 1  # never 0: 0 marks a slot being rewritten
         slot = k % 2
-        h = self.hdr[r][slot]
-        n = len(mine)
-        # Unpublish the slot first (seqlock style): a reader that sees a step read the fields
-        # that belong to it (see peer_in_other_call).
-        h[0] = 0
-        if n:
-            self.data[r][slot][:n] = mine
-        h[1] = tag
-        h[2] = desc & 0xFFFFFFFF
-        h[3] = desc >> 32
-        h[4] = n
-        h[0] = step  # published last: a peer that sees the step sees the data
-        for p, bell in enumerate(self.bells):
-            if p != r:
-                bell.ring()
-        pending = [p for p in range(self.n) if p != r]
-        bell = comm.control.doorbell
+        table = self._table
+        _native.publish(table, r, slot, step, tag, desc, mine, SLOT_BYTES)
         sizes = self._sizes
-        sizes[r] = n
+        sizes[:] = self._unseen
+        sizes[r] = len(mine)
+        want = -1 if expect is None else expect
+        policy = comm.spin
         self._inside = True
         try:
-            self._wait_all(comm, tag, desc, step, slot, h, n, pending, bell, expect)
+            budget = 0.0 if policy.polls is not None else policy.next_budget()
+            st = _native.wait_slots(
+                table, r, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, budget
+            )
+            if st > 0 and budget:
+                policy.waited(False)
+            while st > 0:
+                st = self._sleep_until(tag, desc, step, slot, want, len(mine))
         finally:
             self._inside = False
+        if st < 0:
+            self._mismatch(-st - 1, tag, len(mine), expect)
         return [self.data[p][slot][: sizes[p]] for p in range(self.n)]
 
-    def _wait_all(
-        self,
-        comm: Comm,
-        tag: int,
-        desc: int,
-        step: int,
-        slot: int,
-        h: memoryview,
-        n: int,
-        pending: list[int],
-        bell: memoryview,
-        expect: int | None,
-    ) -> None:
-        """Wait until every pending peer published ``step``; note each one's size."""
-        sizes = self._sizes
-        while True:
-            seen = bell[0]
-            still = []
-            for p in pending:
-                ph = self.hdr[p][slot]
-                if ph[0] != step:
-                    still.append(p)
-                    continue
-                got = ph[4]  # read once: the size checked is the size used
-                if ph[1] != tag or ph[2] != h[2] or ph[3] != h[3]:
-                    raise MismatchError(
-                        f"{comm.describe()}: rank {p} made a different call (op #{ph[1]}, "
-                        f"{got} bytes) than this rank (op #{tag}, {n} bytes): the ranks called "
-                        "different operations, or the same one with different sizes, dtypes, "
-                        "roots or reduce ops"
-                    )
-                if got > SLOT_BYTES or (expect is not None and got != expect):
-                    # Same descriptor, so same sizes: the peer's process broke the protocol.
-                    raise MismatchError(
-                        f"{comm.describe()}: rank {p}'s arena slot claims {got} bytes for op "
-                        f"#{tag} (a slot holds {SLOT_BYTES}; this rank's part has {n}) under the "
-                        "same descriptor: its process wrote the shared arena out of protocol"
-                    )
-                sizes[p] = got
-            pending = still
-            if not pending:
-                return
-            comm.waiting_for(pending)
-            comm.check()
-            self._check_straddle(tag, desc, pending)
-            comm.wait(seen, SLICE_S)
+    def _sleep_until(self, tag: int, desc: int, step: int, slot: int, want: int, n: int) -> int:
+        """The slow path of a round: check liveness, then sleep on the doorbell once."""
+        comm, sizes = self.comm, self._sizes
+        bell = comm.control.doorbell
+        seen = bell[0]
+        st = _native.wait_slots(
+            self._table, self.rank, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, 0.0
+        )
+        if st <= 0:
+            return st
+        pending = [p for p in range(self.n) if p != self.rank and sizes[p] == _UNSEEN]
+        comm.waiting_for(pending)
+        comm.check()
+        self._check_straddle(tag, desc, pending)
+        comm.nap(seen, SLICE_S)  # wait_slots yielded already
+        return _native.wait_slots(
+            self._table, self.rank, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, 0.0
+        )
+
+    def _mismatch(self, p: int, tag: int, n: int, expect: int | None) -> None:
+        """Raise for peer ``p``, whose slot showed another call, or a size out of protocol."""
+        ph = self.hdr[p][self.k % 2]
+        got, h = ph[4], self.hdr[self.rank][self.k % 2]
+        describe = self.comm.describe()
+        if ph[1] != tag or ph[2] != h[2] or ph[3] != h[3]:
+            raise MismatchError(
+                f"{describe}: rank {p} made a different call (op #{ph[1]}, {got} bytes) than "
+                f"this rank (op #{tag}, {n} bytes): the ranks called different operations, or "
+                "the same one with different sizes, dtypes, roots or reduce ops"
+            )
+        # Same descriptor, so same sizes: the peer's process broke the protocol.
+        raise MismatchError(
+            f"{describe}: rank {p}'s arena slot claims {got} bytes for op #{tag} (a slot holds "
+            f"{SLOT_BYTES}; this rank's part has {n}, {expect} expected) under the same "
+            "descriptor: its process wrote the shared arena out of protocol"
+        )
 
     def _check_straddle(self, tag: int, desc: int, pending: list[int]) -> None:
         """A peer that sent this op's data through a ring, for another call, took the
@@ -193,6 +198,7 @@ class Arena:
         return None
 
     def close(self) -> None:
+        self._table = b""  # C gets no address after this (a late call raises ValueError)
         self._arrays.clear()
         for views in (self.hdr, self.data):
             for pair in views:

@@ -6,6 +6,7 @@ sent, so the group stays usable. Backends and transports below trust what passes
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,8 @@ def out(
     if value is None:
         value = empty_like_buffer(like, shape)
     ob = as_buffer(value, f"{what(g, op)} (out)", writable=True, fill=False, write_readonly=wro)
-    if ob.dtype != like.dtype or int(np.prod(ob.shape)) != int(np.prod(shape)):
+    # math.prod, not np.prod: on a shape tuple numpy costs microseconds, a small op's budget.
+    if ob.dtype != like.dtype or math.prod(ob.shape) != math.prod(shape):
         raise InvalidArgumentError(
             f"{what(g, op)}: out must have shape {shape} and dtype {like.dtype}, got shape "
             f"{ob.shape} and dtype {ob.dtype}"

@@ -38,6 +38,17 @@ class Native:
         self.rank = ex.rank
         self.n = world_size
         self._pinned = pinned  # the group's pinned pool (made on first CUDA op)
+        # (label, descriptor) by op and arguments: formatting them costs more than a small
+        # op's exchange, and a loop calls the same op with the same shapes.
+        self._metas: dict[tuple[Any, ...], tuple[str, int]] = {}
+
+    def _meta(self, key: tuple[Any, ...], make: Callable[[], tuple[str, int]]) -> tuple[str, int]:
+        got = self._metas.get(key)
+        if got is None:
+            if len(self._metas) >= 512:
+                self._metas.clear()
+            got = self._metas[key] = make()
+        return got
 
     def _run(
         self,
@@ -49,18 +60,21 @@ class Native:
         timeout_s: float | None,
         p2p: bool = False,
     ) -> Any:
-        staged = [(f"stage{i}", b.stage) for i, b in enumerate(bufs) if b is not None and b.stage]
-        if staged:
-            inner = body
-
-            def body(o: Op) -> Any:  # attach (and fill) pinned memory of staged CUDA buffers
-                pool = self._pinned()
-                for key, stage in staged:
-                    stage(pool, key)
-                return inner(o)
-
         nbytes = bufs[0].nbytes if bufs and bufs[0] is not None else 0
-        return self.ex.submit(label, desc, body, aop, timeout_s, p2p, nbytes)
+        for b in bufs:
+            if b is not None and b.stage is not None:
+                break
+        else:  # no CUDA buffer: the common case, kept cheap
+            return self.ex.submit(label, desc, body, aop, timeout_s, p2p, nbytes)
+        staged = [(f"stage{i}", b.stage) for i, b in enumerate(bufs) if b is not None and b.stage]
+
+        def staged_body(o: Op) -> Any:  # attach (and fill) pinned memory of staged CUDA buffers
+            pool = self._pinned()
+            for key, stage in staged:
+                stage(pool, key)
+            return body(o)
+
+        return self.ex.submit(label, desc, staged_body, aop, timeout_s, p2p, nbytes)
 
     # -- array ops (arguments validated by the edge) ---------------------------------------------
     def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
@@ -73,8 +87,13 @@ class Native:
             buf.finish()
             return buf.obj
 
-        desc = descriptor("allreduce", buf.dtype, buf.nbytes, rop.name)
-        label = f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})"
+        label, desc = self._meta(
+            ("allreduce", buf.dtype, buf.shape, rop),
+            lambda: (
+                f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})",
+                descriptor("allreduce", buf.dtype, buf.nbytes, rop.name),
+            ),
+        )
         return self._run(label, desc, body, (buf,), aop, t)
 
     def reduce(self, buf: Buffer, dst: int, rop: ReduceOp, aop: bool, t: float | None) -> Any:
@@ -88,8 +107,13 @@ class Native:
                 buf.finish()
             return buf.obj
 
-        desc = descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst)
-        label = f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})"
+        label, desc = self._meta(
+            ("reduce", buf.dtype, buf.shape, rop, dst),
+            lambda: (
+                f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
+                descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst),
+            ),
+        )
         return self._run(label, desc, body, (buf,), aop, t)
 
     def broadcast(self, buf: Buffer, src: int, aop: bool, t: float | None) -> Any:
@@ -98,8 +122,13 @@ class Native:
             buf.finish()
             return buf.obj
 
-        desc = descriptor("broadcast", buf.dtype, buf.nbytes, src)
-        label = f"broadcast({buf.dtype}{list(buf.shape)}, src={src})"
+        label, desc = self._meta(
+            ("broadcast", buf.dtype, buf.shape, src),
+            lambda: (
+                f"broadcast({buf.dtype}{list(buf.shape)}, src={src})",
+                descriptor("broadcast", buf.dtype, buf.nbytes, src),
+            ),
+        )
         return self._run(label, desc, body, (buf,), aop, t)
 
     def allgather(self, buf: Buffer, ob: Buffer, aop: bool, t: float | None) -> Any:
@@ -110,8 +139,14 @@ class Native:
             ob.finish()
             return ob.obj
 
-        desc = descriptor("allgather", buf.dtype, buf.nbytes)
-        return self._run(f"allgather({buf.dtype}{list(buf.shape)})", desc, body, (buf, ob), aop, t)
+        label, desc = self._meta(
+            ("allgather", buf.dtype, buf.shape),
+            lambda: (
+                f"allgather({buf.dtype}{list(buf.shape)})",
+                descriptor("allgather", buf.dtype, buf.nbytes),
+            ),
+        )
+        return self._run(label, desc, body, (buf, ob), aop, t)
 
     def gather(self, buf: Buffer, dst: int, ob: Buffer | None, aop: bool, t: float | None) -> Any:
         n = self.n
@@ -169,8 +204,13 @@ class Native:
             ob.finish()
             return ob.obj
 
-        desc = descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name)
-        label = f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})"
+        label, desc = self._meta(
+            ("reduce_scatter", buf.dtype, buf.shape, rop),
+            lambda: (
+                f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})",
+                descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name),
+            ),
+        )
         return self._run(label, desc, body, (buf, ob), aop, t)
 
     def alltoall(self, buf: Buffer, ob: Buffer, aop: bool, t: float | None) -> Any:
@@ -188,23 +228,33 @@ class Native:
         return self.ex.submit("barrier()", descriptor("barrier"), dispatch.barrier, aop, t)
 
     def send(self, buf: Buffer, dst: int, tag: int, aop: bool, t: float | None) -> Any:
-        desc = descriptor("p2p", buf.dtype)
+        label, desc = self._meta(
+            ("send", buf.dtype, buf.shape, dst, tag),
+            lambda: (
+                f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})",
+                descriptor("p2p", buf.dtype),
+            ),
+        )
 
         def body(o: Op) -> None:
             o.comm.exchange([(dst, as_bytes(buf.arr))], [], KIND_P2P, tag, desc)
 
-        label = f"send({buf.dtype}{list(buf.shape)}, dst={dst}, tag={tag})"
         return self._run(label, 0, body, (buf,), aop, t, p2p=True)
 
     def recv(self, buf: Buffer, src: int, tag: int, aop: bool, t: float | None) -> Any:
-        desc = descriptor("p2p", buf.dtype)
+        label, desc = self._meta(
+            ("recv", buf.dtype, buf.shape, src, tag),
+            lambda: (
+                f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})",
+                descriptor("p2p", buf.dtype),
+            ),
+        )
 
         def body(o: Op) -> Any:
             o.comm.exchange([], [(src, as_bytes(buf.arr))], KIND_P2P, tag, desc)
             buf.finish()
             return buf.obj
 
-        label = f"recv({buf.dtype}{list(buf.shape)}, src={src}, tag={tag})"
         return self._run(label, 0, body, (buf,), aop, t, p2p=True)
 
     def sendrecv(

@@ -307,6 +307,12 @@ class Comm:
         limit_s = min(limit_s, max(0.0, self.deadline - time.monotonic()))
         waiting.doorbell(self.control, seen, self.spin, limit_s)
 
+    def nap(self, seen: int, limit_s: float) -> None:
+        """:meth:`wait` without its yield phase, for a caller that just yielded (and has
+        checked liveness since)."""
+        limit_s = min(limit_s, max(0.0, self.deadline - time.monotonic()))
+        waiting.nap(self.control, seen, self.spin, limit_s)
+
     # -- progress ------------------------------------------------------------------------------
     def run(self, states: Sequence[Send | Recv]) -> None:
         """Drive sends and receives to completion, sleeping on the doorbell when stuck."""
@@ -322,14 +328,17 @@ class Comm:
                     pending |= not st.done
             if not pending:
                 return
-            if progressed:
+            # Yield before checking liveness: a peer that answers within the budget (the
+            # common case of a small op) costs no check. An abort rings the doorbell, and
+            # the budget is bounded, so the check below comes soon whatever happens.
+            if progressed or waiting.yielded(self.control, seen, self.spin):
                 continue
             self.live.waiting_on = [
                 st.ch.peer if isinstance(st, Send) else st.peer for st in states if not st.done
             ]
             check()
             sending = any(isinstance(st, Send) and not st.done for st in states)
-            self.wait(seen, waiting.SPACE_POLL_S if sending else waiting.SLICE_S)
+            self.nap(seen, waiting.SPACE_POLL_S if sending else waiting.SLICE_S)
 
     def send_state(self, peer: int, payload: memoryview, kind: int, tag: int, desc: int) -> Send:
         return Send(self.channels[peer], HEADER.pack(kind, tag, len(payload), desc), payload)

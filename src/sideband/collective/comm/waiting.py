@@ -9,12 +9,12 @@ peer's segment or listener appearing) retries with the same back-off.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sideband import config
+from sideband.collective.transports import _native
 from sideband.collective.transports.control import Control
 
 T = TypeVar("T")
@@ -124,32 +124,36 @@ def until(
         backoff.pause()
 
 
+def yielded(control: Control, seen: int, policy: WaitPolicy, limit_s: float = SPIN_MAX_S) -> bool:
+    """The first phase of a wait: until the doorbell moves past ``seen``, yield for the policy's
+    budget (or poll its ``polls``), at most ``limit_s``. True if it moved (the budget grows)."""
+    if policy.polls is not None:
+        bell = control.doorbell
+        return any(bell[0] != seen for _ in range(policy.polls))
+    if _native.yield_until(control.doorbell_addr, seen, min(policy.next_budget(), limit_s)):
+        policy.waited(True)
+        return True
+    return False
+
+
+def nap(control: Control, seen: int, policy: WaitPolicy, limit_s: float) -> None:
+    """The second phase: sleep on the doorbell while it reads ``seen``, at most ``limit_s``
+    (a wait that got this far shrinks the yield budget)."""
+    control.sleep(seen, limit_s)
+    if policy.polls is None:
+        policy.waited(False)
+
+
 def doorbell(control: Control, seen: int, policy: WaitPolicy, limit_s: float) -> bool:
-    """Until the doorbell moves past ``seen``: yield for the policy's budget (or poll its
-    ``polls``), then sleep at most ``limit_s``. True if the doorbell moved before the sleep.
+    """Until the doorbell moves past ``seen``: :func:`yielded`, then :func:`nap`. True if the
+    doorbell moved before the sleep.
 
     The budget is bounded (:data:`SPIN_MAX_S`) and the callers re-check liveness after every
     return, so no phase hides an abort or a dead peer; an abort rings the doorbell, which ends
     every phase at once."""
-    bell = control.doorbell
-    if policy.polls is not None:
-        for _ in range(policy.polls):
-            if bell[0] != seen:
-                return True
-        control.sleep(seen, limit_s)
-        return False
-    if bell[0] != seen:
+    if control.doorbell[0] != seen or yielded(control, seen, policy, limit_s):
         return True
-    now = time.perf_counter
-    end = now() + min(policy.next_budget(), limit_s)
-    yield_ = os.sched_yield
-    while now() < end:
-        yield_()
-        if bell[0] != seen:
-            policy.waited(True)
-            return True
-    control.sleep(seen, limit_s)
-    policy.waited(False)
+    nap(control, seen, policy, limit_s)
     return False
 
 

@@ -104,60 +104,67 @@ class Executor:
     ) -> Any:
         """Run ``body`` as the next op (or queue it, returning a :class:`Work`); ``nbytes``, the
         size of its input on this rank, is what the metrics count."""
-        self.check_usable()
         timeout = self.timeout_s if timeout_s is None else self.timeout(timeout_s)
-        comm = self.comm
-        st = self.stats
-
-        def run() -> Any:
-            with self.lock:
-                self.check_usable()
-                # Numbered in execution order, which is call order (async ops queue in order).
-                # Point-to-point ops involve two ranks only: they must not advance the number
-                # that every rank's collectives agree on.
-                seq = self.seq
-                if not p2p:
-                    self.seq += 1
-                comm.begin(label, None if p2p else seq, timeout, desc)
-                failed: BaseException | None = None
-                try:
-                    return body(Op(comm, seq & 0xFFFFFFFF, desc, self.scratch, self.plan))
-                except Completed as e:
-                    failed = e.error
-                    raise e.error from None
-                except CollectiveError as e:
-                    # Whatever fails once messages may have moved leaves the streams out of
-                    # step: the group is broken on every rank (argument errors are raised
-                    # before this point and leave it usable).
-                    failed = e
-                    comm.abort(e)
-                    raise
-                except (ConnectionError, OSError) as e:
-                    failed = PeerLostError(f"{comm.describe()}: {e}")
-                    comm.abort(failed)
-                    raise failed from e
-                except BaseException as e:
-                    failed = e
-                    comm.abort(e)
-                    raise
-                finally:
-                    elapsed = comm.end()
-                    if st is not None:
-                        if failed is not None:
-                            st.error(label, failed)
-                        st.record(label, nbytes, elapsed)
-
         if async_op or (self._last is not None and not self._last.done()):
+            self.check_usable()
             if self._worker is None:
                 self._worker = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix=f"sideband-{self.name}"
                 )
-            fut = self._worker.submit(run)
+            fut = self._worker.submit(self._run, label, desc, body, timeout, p2p, nbytes)
             self._last = fut
             if async_op:
                 return Work(fut, f"{label} on rank {self.rank} of group {self.name!r}")
             return fut.result()
-        return run()
+        return self._run(label, desc, body, timeout, p2p, nbytes)
+
+    def _run(
+        self,
+        label: str,
+        desc: int,
+        body: Callable[[Op], Any],
+        timeout: float,
+        p2p: bool,
+        nbytes: int,
+    ) -> Any:
+        comm = self.comm
+        with self.lock:
+            self.check_usable()
+            # Numbered in execution order, which is call order (async ops queue in order).
+            # Point-to-point ops involve two ranks only: they must not advance the number
+            # that every rank's collectives agree on.
+            seq = self.seq
+            if not p2p:
+                self.seq += 1
+            comm.begin(label, None if p2p else seq, timeout, desc)
+            failed: BaseException | None = None
+            try:
+                return body(Op(comm, seq & 0xFFFFFFFF, desc, self.scratch, self.plan))
+            except Completed as e:
+                failed = e.error
+                raise e.error from None
+            except CollectiveError as e:
+                # Whatever fails once messages may have moved leaves the streams out of
+                # step: the group is broken on every rank (argument errors are raised
+                # before this point and leave it usable).
+                failed = e
+                comm.abort(e)
+                raise
+            except (ConnectionError, OSError) as e:
+                failed = PeerLostError(f"{comm.describe()}: {e}")
+                comm.abort(failed)
+                raise failed from e
+            except BaseException as e:
+                failed = e
+                comm.abort(e)
+                raise
+            finally:
+                elapsed = comm.end()
+                st = self.stats
+                if st is not None:
+                    if failed is not None:
+                        st.error(label, failed)
+                    st.record(label, nbytes, elapsed)
 
     def close(self, release: Callable[[bool], None]) -> None:
         """Stop taking ops, then ``release(idle)`` the group's resources: ``idle`` under the op

@@ -7,15 +7,13 @@ shared segment (``shm.Segment``), so local peers reach it through their mapping.
 
 from __future__ import annotations
 
-import platform
 import threading
 
-from sideband.collective.transports import futex
+from sideband.collective.transports import _native, futex
 
 SIZE = 4096  # doorbell @0, sleeping flag @12, abort flag @64, reason length @68, reason @128
+_SLEEPING, _ABORT = 12, 64
 _REASON_MAX = 2048
-# Only x86's total store order makes the skipped wake-up safe (see Control.ring).
-_WAKE_ONLY_SLEEPERS = platform.machine().lower() in ("x86_64", "amd64")
 
 
 class Control:
@@ -25,8 +23,10 @@ class Control:
         self.buf = buf
         self.doorbell = buf[0:4].cast("I")
         self.doorbell_addr = base
-        self.sleeping = buf[12:16].cast("I")
-        self._abort = buf[64:72].cast("I")
+        self.sleeping = buf[_SLEEPING : _SLEEPING + 4].cast("I")
+        self.sleeping_addr = base + _SLEEPING
+        self._abort = buf[_ABORT : _ABORT + 8].cast("I")
+        self.abort_addr = base + _ABORT
         # Threads of this process asleep on the doorbell (a pipelined op sleeps in two): the
         # flag peers read drops only when the last one wakes.
         self._sleepers = 0
@@ -36,15 +36,12 @@ class Control:
         """Tell the owner something changed; wake it only if it sleeps (a wake-up costs ~10 us).
 
         The owner raises its sleeping flag, re-reads the doorbell, and sleeps on it with
-        FUTEX_WAIT, which re-checks the doorbell in the kernel. We bump the doorbell, then read
-        the flag. On x86 a store can wait in the store buffer past a later load, but it drains
-        long before the owner's FUTEX_WAIT reads the doorbell in the kernel (a syscall later), so
-        either we see the flag or the kernel sees the new doorbell. Elsewhere we always wake; and
-        every sleep is bounded by a slice, so a lost wake-up could only delay, never hang.
+        FUTEX_WAIT, which re-checks the doorbell in the kernel. We bump the doorbell with an
+        atomic add (a full barrier), then read the flag: either we see the flag, or the owner's
+        FUTEX_WAIT sees the new doorbell and does not sleep. Every sleep is also bounded by a
+        slice, so even a lost wake-up could only delay, never hang.
         """
-        self.doorbell[0] = (self.doorbell[0] + 1) & 0xFFFFFFFF
-        if not _WAKE_ONLY_SLEEPERS or self.sleeping[0]:
-            futex.wake(self.doorbell_addr)
+        _native.ring(self.doorbell_addr, self.sleeping_addr)
 
     def sleep(self, seen: int, timeout_s: float) -> None:
         """Sleep on the own doorbell while it still reads ``seen`` (owner only)."""
