@@ -183,3 +183,42 @@ def test_rank_order_follows_node_then_gpu() -> None:
     ]
     # Node addresses compare as addresses (10.0.0.2 < 10.0.0.10), GPU ids as numbers (1 < 10).
     assert order_members(infos) == [3, 2, 0, 4, 1]
+
+
+def _live_members(gang_name: str) -> list[str]:
+    from ray._private import state
+
+    return [
+        a["Name"]
+        for a in state.actors().values()
+        if a["Name"].startswith(f"{gang_name}-rank") and a["State"] != "DEAD"
+    ]
+
+
+def test_shutdown_returns_with_members_and_group_gone(ray_session: None) -> None:
+    import ray
+
+    gang = Gang(2, resources_per_worker={"CPU": 1}, name="freed-at-return")
+    pids = [m["pid"] for m in gang.members]
+    pg_hex = gang._res.pg.id.hex()
+    assert any(k.endswith(pg_hex) for k in ray.cluster_resources())
+    gang.shutdown()
+    # No waiting here: when shutdown returns, the next placement finds the resources free.
+    assert [p for p in pids if gang_helpers.pid_alive(p)] == []
+    assert not any(k.endswith(pg_hex) for k in ray.cluster_resources())
+    assert _live_members("freed-at-return") == []
+
+
+def test_placement_that_never_comes_is_named(ray_session: None) -> None:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    # Feasible (the node has the CPUs) but taken: Ray would queue the gang forever.
+    hog = placement_group([{"CPU": ray.available_resources()["CPU"]}])
+    ray.get(hog.ready(), timeout=60)
+    try:
+        with pytest.raises(GangSetupError, match="placement group of 2 .* not ready after 2s"):
+            Gang(2, resources_per_worker={"CPU": 1}, timeout_s=2, name="never-placed")
+        assert _live_members("never-placed") == []  # the members queued on it went with it
+    finally:
+        remove_placement_group(hog)

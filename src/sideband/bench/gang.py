@@ -200,7 +200,8 @@ def dask_sideband(n: int, cpus: float, storage: str) -> dict[str, float]:
     with Gang(n, resources_per_worker={"CPU": cpus}, setup="dask") as gang:
         assert gang.client.submit(sum, [1, 2]).result() == 3
         t1 = time.time()
-    return {"s": t1 - t0}
+    # Shutdown returns once Ray freed the members and their placement group.
+    return {"s": t1 - t0, "shutdown_s": time.time() - t1}
 
 
 def dask_anchor(n: int, cpus: float, storage: str) -> dict[str, float]:
@@ -230,7 +231,7 @@ WHAT = {
     "torch": "construction -> first completed allreduce (gloo)",
     "spark": "construction -> spark.range(10M) summed; shutdown separately",
     "xgboost": f"construction -> {XGB_ROUNDS} rounds on {XGB_ROWS // 1000}k x {XGB_FEATURES} trained",
-    "dask": "construction -> client with all workers answers",
+    "dask": "construction -> client with all workers answers; shutdown separately",
 }
 
 

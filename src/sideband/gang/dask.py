@@ -55,14 +55,34 @@ class DaskSetup(Setup):
         self._security: Any = None
         self._connect: threading.Thread | None = None
         self._connect_error: BaseException | None = None
+        self._warm: threading.Thread | None = None
 
     # --- driver side ---------------------------------------------------------------------------
+    def warm_up(self, options: dict[str, Any]) -> None:
+        # The driver's imports (distributed, its Client, cryptography) and the gang's certificate,
+        # while Ray places and starts the members.
+        self._warm = threading.Thread(target=self._warm_driver, args=(options,), daemon=True)
+        self._warm.start()
+
+    def _warm_driver(self, options: dict[str, Any]) -> None:
+        try:
+            from distributed import Client, Security  # noqa: F401
+
+            self._security = _temporary_security(Security) if options.get("tls", True) else None
+        except BaseException:  # prepare() imports again and reports a missing extra properly
+            pass
+
     def prepare(self, plan: GangPlan) -> dict[str, Any]:
+        if self._warm is not None:
+            self._warm.join(plan.timeout_s)
         require("distributed", "dask")
         from distributed import Security
 
         self._plan = plan
-        self._security = _temporary_security(Security) if plan.options.get("tls", True) else None
+        if not plan.options.get("tls", True):
+            self._security = None
+        elif self._security is None:
+            self._security = _temporary_security(Security)
         return {
             "security": self._security,
             "protocol": "tls" if self._security is not None else "tcp",

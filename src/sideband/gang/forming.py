@@ -88,10 +88,49 @@ class Former(FailureWatch):
                     continue
                 raise
 
+    def _wait_placed(self, placed: Any, deadline: float) -> None:
+        import ray
+
+        ready, _ = ray.wait([placed], timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            n = self.num_workers
+            raise GangSetupError(
+                f"gang {self.name}: placement group of {n} x {self._bundle} ({self.strategy}) "
+                f"not ready after {self.timeout_s:g}s (the members wait for it); available "
+                f"now: {ray.available_resources()}. Free those resources, lower "
+                "resources_per_worker, or raise timeout_s"
+            )
+
+    def _create_members(self, pg: Any, one_node: bool) -> tuple[list[Any], list[str]]:
+        """The member actors, in bundle order, and their dashboard names."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        n = self.num_workers
+        cls = ray.remote(concurrency_groups={WATCH_GROUP: 1})(GangMember)  # type: ignore[call-overload]
+        opts: dict[str, Any] = {
+            **self._actor_options,
+            **actor_options(self._bundle),
+            "max_restarts": 0,
+        }
+        suffix = f"-{self._generation - 1}" if self._generation > 1 else ""
+        ranks = list(range(n)) if one_node else _predicted_ranks(pg, n)
+        labels = [f"{self.name}-rank{r}{suffix}" for r in ranks]
+        members: list[Any] = []
+        for i in range(n):
+            where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+            try:
+                m = cls.options(**opts, name=labels[i], scheduling_strategy=where)
+                members.append(m.remote(labels[i], self._setup_cls.preload))
+            except ValueError:  # the name is still held by a member Ray is killing
+                m = cls.options(**opts, scheduling_strategy=where)
+                members.append(m.remote(labels[i], self._setup_cls.preload))
+            self._res.members = members
+        return members, labels
+
     def _form_once(self) -> None:
         import ray
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         deadline = time.monotonic() + self.timeout_s
         n = self.num_workers
@@ -104,42 +143,26 @@ class Former(FailureWatch):
         driver_setup = self._setup_cls()
         self._res.driver_setup = driver_setup
         with progress.step(f"placement of {n} x {self._bundle} ({self.strategy})"):
+            nodes = [nd for nd in ray.nodes() if nd.get("Alive")]
             if self._fail_fast:
-                check_feasible(self.name, n, self._bundle, self.strategy)
+                check_feasible(self.name, n, self._bundle, self.strategy, nodes)
             driver_setup.warm_up(dict(self._setup_options))  # e.g. a driver JVM, beside placement
             pg = placement_group([dict(self._bundle) for _ in range(n)], strategy=self.strategy)
             self._res.pg = pg
-            ready, _ = ray.wait([pg.ready()], timeout=self.timeout_s)
-            if not ready:
-                raise GangSetupError(
-                    f"gang {self.name}: placement group of {n} x {self._bundle} ({self.strategy}) "
-                    f"not ready after {self.timeout_s:g}s; available now: "
-                    f"{ray.available_resources()}. Free those resources, lower "
-                    "resources_per_worker, or raise timeout_s"
-                )
+            placed = pg.ready()
+            # On one node the ranks are the bundle order: create the members now, and Ray
+            # starts them the moment the group is placed (no round trip in between). Across
+            # nodes their names follow where the bundles landed, so the group comes first.
+            one_node = len(nodes) == 1 and self._fail_fast  # else nodes may join
+            if not one_node:
+                self._wait_placed(placed, deadline)
+            members, labels = self._create_members(pg, one_node)
+            asked = [m.info.remote() for m in members]
+            if one_node:
+                self._wait_placed(placed, deadline)
 
         with progress.step(f"start {n} members"):
-            cls = ray.remote(concurrency_groups={WATCH_GROUP: 1})(GangMember)  # type: ignore[call-overload]
-            opts: dict[str, Any] = {
-                **self._actor_options,
-                **actor_options(self._bundle),
-                "max_restarts": 0,
-            }
-            suffix = f"-{self._generation - 1}" if self._generation > 1 else ""
-            labels = [f"{self.name}-rank{r}{suffix}" for r in _predicted_ranks(pg, n)]
-            members = []
-            for i in range(n):
-                where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
-                try:
-                    m = cls.options(**opts, name=labels[i], scheduling_strategy=where)
-                    members.append(m.remote(labels[i], self._setup_cls.preload))
-                except ValueError:  # the name is still held by a member Ray is killing
-                    m = cls.options(**opts, scheduling_strategy=where)
-                    members.append(m.remote(labels[i], self._setup_cls.preload))
-                self._res.members = members
-            infos = self._gather(
-                [m.info.remote() for m in members], list(range(n)), deadline, "start", ranked=False
-            )
+            infos = self._gather(asked, list(range(n)), deadline, "start", ranked=False)
             for info, label in zip(infos, labels):
                 info["name"] = label
 
@@ -147,6 +170,8 @@ class Former(FailureWatch):
         members = [members[i] for i in order]
         infos = [infos[i] for i in order]
         self._res.members, self._infos = members, infos
+        here = ray.get_runtime_context().get_node_id()
+        self._res.local_pids = [i["pid"] for i in infos if i["node_id"] == here]
         node_ids: list[str] = []
         for info in infos:
             if info["node_id"] not in node_ids:

@@ -32,14 +32,23 @@ def actor_options(bundle: dict[str, float]) -> dict[str, Any]:
     return opts
 
 
-def check_feasible(name: str, n: int, bundle: dict[str, float], strategy: str) -> None:
+def check_feasible(
+    name: str,
+    n: int,
+    bundle: dict[str, float],
+    strategy: str,
+    alive: list[dict[str, Any]] | None = None,
+) -> None:
     """Fail at once when no cluster state could ever hold the gang (Ray would wait forever).
 
-    Only the nodes alive now count: on an autoscaling cluster, pass fail_fast=False to Gang.
+    Only the nodes alive now count (``alive``: ``ray.nodes()`` entries, else asked for): on an
+    autoscaling cluster, pass fail_fast=False to Gang.
     """
     import ray
 
-    nodes = [nd["Resources"] for nd in ray.nodes() if nd.get("Alive")]
+    if alive is None:
+        alive = [nd for nd in ray.nodes() if nd.get("Alive")]
+    nodes = [nd["Resources"] for nd in alive]
     for key, amount in bundle.items():
         largest = max((nd.get(key, 0.0) for nd in nodes), default=0.0)
         if largest < amount:

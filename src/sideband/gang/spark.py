@@ -38,6 +38,7 @@ from sideband.gang.jvm import (
     port_conf,
     remove_stale_workdirs,
     spark_command,
+    start_options,
     stop_gateway,
     wait_listening,
 )
@@ -133,11 +134,13 @@ class SparkSetup(Setup):
             from pyspark import SparkConf, SparkContext
 
             conf = SparkConf().set("spark.driver.memory", options.get("driver_memory", "1g"))
+            opts = start_options() if options.get("jvm_tuning", True) else []
             archive = self._driver_archive(options)
             if archive is not None:
-                opts = archive.options(f"driver-p{os.getpid()}-{threading.get_ident()}")
-                conf.set("spark.driver.extraJavaOptions", " ".join(opts))
+                opts += archive.options(f"driver-p{os.getpid()}-{threading.get_ident()}")
                 self._driver_cds = archive
+            if opts:
+                conf.set("spark.driver.extraJavaOptions", " ".join(opts))
             SparkContext._ensure_initialized(conf=conf)
         except BaseException as e:
             self._gateway_error = e
@@ -184,7 +187,7 @@ class SparkSetup(Setup):
                 "spark.executor.cores": str(cores),
                 "spark.executor.memory": f"{memory}m",
                 "spark.cores.max": str(cores * plan.world_size),
-                **self._executor_cds(plan.name),
+                **self._executor_options(plan.name, cores),
                 **port_conf(host),
                 **self._plan_opt("spark_conf", {}),
             }
@@ -199,11 +202,11 @@ class SparkSetup(Setup):
         except BaseException as e:
             self._connect_error = e
 
-    def _executor_cds(self, gang: str) -> dict[str, str]:
-        if self._archive is None:
-            return {}
-        opts = self._archive.options(f"{gang}-exec{{{{EXECUTOR_ID}}}}")  # Spark fills the id in
-        return {"spark.executor.extraJavaOptions": " ".join(opts)}
+    def _executor_options(self, gang: str, cores: int) -> dict[str, str]:
+        opts = start_options(cores) if self._plan_opt("jvm_tuning", True) else []
+        if self._archive is not None:
+            opts += self._archive.options(f"{gang}-exec{{{{EXECUTOR_ID}}}}")  # Spark fills the id
+        return {"spark.executor.extraJavaOptions": " ".join(opts)} if opts else {}
 
     def ready(self, results: list[Any]) -> None:
         plan = self._plan
