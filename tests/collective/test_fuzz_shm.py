@@ -198,7 +198,7 @@ class _FakeComm:
         if self.checks > 3:
             raise CollectiveTimeoutError("deadline")
 
-    def wait(self, seen: int, limit_s: float) -> None:
+    def nap(self, seen: int, limit_s: float) -> None:
         pass
 
     def peek_header(self, peer: int) -> Any:
