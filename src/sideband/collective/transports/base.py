@@ -80,6 +80,10 @@ class Channel(ABC):
         """Why the peer is unreachable, or None while it is fine."""
         return None
 
+    def unread(self) -> int:
+        """Bytes received from the peer and not yet consumed (a stream transport's buffer)."""
+        return 0
+
     @abstractmethod
     def close(self) -> None:
         """Release the channel's resources; idempotent."""

@@ -314,6 +314,9 @@ class TcpChannel(Channel):
     def lost(self) -> str | None:
         return self._lost
 
+    def unread(self) -> int:
+        return self._in - self._out
+
     def close(self) -> None:
         self._closing = True
         self._room.set()
