@@ -23,12 +23,11 @@ import datetime
 import math
 import socket
 import threading
-import time
 from typing import Any
 
 from sideband.errors import GangSetupError
 from sideband.gang.contract import GangContext
-from sideband.gang.ports import node_ip, pick_port
+from sideband.gang.ports import node_ip, pick_port, wait_listening
 from sideband.gang.setup import GangPlan, Setup, require
 
 _CONFIG = {
@@ -157,7 +156,9 @@ class DaskSetup(Setup):
             if master_socket is not None:
                 master_socket.close()
             self._start_loop()
-            _wait_listening(host, port, timeout)
+            # Until the scheduler accepts connections: a worker that connects earlier backs off.
+            if not wait_listening(host, port, timeout):
+                raise TimeoutError(f"the Dask scheduler {host}:{port} did not listen")
         address = f"{options['protocol']}://{host}:{port}"
         worker_host = host if ctx.master_addr == "127.0.0.1" else node_ip()
         worker = self._call(self._start_worker(ctx, address, worker_host, options), timeout)
@@ -281,19 +282,6 @@ def _temporary_security(security_cls: Any) -> Any:
             for kind, pem in (("key", key_pem), ("cert", cert_pem))
         },
     )
-
-
-def _wait_listening(host: str, port: int, timeout_s: float) -> None:
-    """Until the scheduler accepts connections: a worker that connects earlier backs off."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the Dask scheduler {host}:{port} did not listen") from None
-            time.sleep(0.01)
 
 
 def client(gang: Any) -> Any:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 from sideband.errors import GangSetupError
 from sideband.gang.ports import pick_port, port_range, retries_left
+from sideband.gang.ports import wait_listening as listening
 
 _PR_SET_PDEATHSIG = 1
 # spark-class without its last step: load Spark's env (SPARK_SCALA_VERSION, spark-env.sh), keep
@@ -282,19 +282,13 @@ def reap(proc: Any, grace_s: float = 5.0) -> None:
 def wait_listening(host: str, port: int, timeout_s: float, jvm: JVM | None = None) -> None:
     """Until the master accepts connections (a worker that registers too early backs off for
     5-15 s, Spark's retry interval); ``jvm``: the master itself, whose exit ends the wait."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if jvm is not None and jvm.ended.is_set():
-                raise RuntimeError(f"{jvm.label} exited ({jvm.returncode}) {jvm.tail()}") from None
-            if time.monotonic() > deadline:
-                raise GangSetupError(
-                    f"the Spark master {host}:{port} did not listen in time"
-                ) from None
-            time.sleep(0.02)
+
+    def check() -> None:
+        if jvm is not None and jvm.ended.is_set():
+            raise RuntimeError(f"{jvm.label} exited ({jvm.returncode}) {jvm.tail()}")
+
+    if not listening(host, port, timeout_s, check, 0.02):
+        raise GangSetupError(f"the Spark master {host}:{port} did not listen in time")
 
 
 def stop_gateway(connecting: threading.Thread | None) -> None:

@@ -7,6 +7,8 @@ gangs use the same helpers, so one firewall rule covers groups, gangs and the li
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 from sideband._net import bind_in_range, port_range
 
@@ -41,3 +43,25 @@ def node_ip() -> str:
     import ray  # lazily, like every Ray import of the gang's member-side code
 
     return ray.util.get_node_ip_address()
+
+
+def wait_listening(
+    host: str,
+    port: int,
+    timeout_s: float,
+    check: Callable[[], None] | None = None,
+    poll_s: float = 0.01,
+) -> bool:
+    """Until ``host:port`` accepts connections (True), or ``timeout_s`` passed (False);
+    ``check()`` runs between tries and raises to stop (the server's process exited, say)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)

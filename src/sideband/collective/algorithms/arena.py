@@ -108,9 +108,7 @@ class Arena:
         self._inside = True
         try:
             budget = 0.0 if policy.polls is not None else policy.next_budget()
-            st = _native.wait_slots(
-                table, r, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, budget
-            )
+            st = self._look(slot, step, tag, desc, want, budget)
             if st > 0 and budget:
                 policy.waited(False)
             while st > 0:
@@ -124,11 +122,8 @@ class Arena:
     def _sleep_until(self, tag: int, desc: int, step: int, slot: int, want: int, n: int) -> int:
         """The slow path of a round: check liveness, then sleep on the doorbell once."""
         comm, sizes = self.comm, self._sizes
-        bell = comm.control.doorbell
-        seen = bell[0]
-        st = _native.wait_slots(
-            self._table, self.rank, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, 0.0
-        )
+        seen = comm.control.doorbell[0]
+        st = self._look(slot, step, tag, desc, want, 0.0)
         if st <= 0:
             return st
         pending = [p for p in range(self.n) if p != self.rank and sizes[p] == _UNSEEN]
@@ -136,8 +131,23 @@ class Arena:
         comm.check()
         self._check_straddle(tag, desc, pending)
         comm.nap(seen, SLICE_S)  # wait_slots yielded already
+        return self._look(slot, step, tag, desc, want, 0.0)
+
+    def _look(self, slot: int, step: int, tag: int, desc: int, want: int, budget: float) -> int:
+        """Peers still pending in this round (0: all arrived), or -(1 + p) for a peer out of
+        step; polls and yields for ``budget`` first (C, GIL released)."""
         return _native.wait_slots(
-            self._table, self.rank, slot, step, tag, desc, want, SLOT_BYTES, sizes, self._abort, 0.0
+            self._table,
+            self.rank,
+            slot,
+            step,
+            tag,
+            desc,
+            want,
+            SLOT_BYTES,
+            self._sizes,
+            self._abort,
+            budget,
         )
 
     def _mismatch(self, p: int, tag: int, n: int, expect: int | None) -> None:

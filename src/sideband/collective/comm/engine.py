@@ -304,14 +304,15 @@ class Comm:
     def wait(self, seen: int, limit_s: float) -> None:
         """Until the doorbell moves past ``seen`` (at most ``limit_s``, never past the op's
         deadline)."""
-        limit_s = min(limit_s, max(0.0, self.deadline - time.monotonic()))
-        waiting.doorbell(self.control, seen, self.spin, limit_s)
+        waiting.doorbell(self.control, seen, self.spin, self._bounded(limit_s))
 
     def nap(self, seen: int, limit_s: float) -> None:
         """:meth:`wait` without its yield phase, for a caller that just yielded (and has
         checked liveness since)."""
-        limit_s = min(limit_s, max(0.0, self.deadline - time.monotonic()))
-        waiting.nap(self.control, seen, self.spin, limit_s)
+        waiting.nap(self.control, seen, self.spin, self._bounded(limit_s))
+
+    def _bounded(self, limit_s: float) -> float:
+        return min(limit_s, max(0.0, self.deadline - time.monotonic()))
 
     # -- progress ------------------------------------------------------------------------------
     def run(self, states: Sequence[Send | Recv]) -> None:
