@@ -12,6 +12,9 @@
 
 Times start on the driver just before construction; every sample starts fresh processes; the two
 sides of a row alternate so background load hits both alike. Ray Train needs 'ray[train]'.
+``--prestart``: before each sideband sample, outside its time, ``sideband.gang.prestart(n)``
+leaves n idle Ray workers on the node (it returns once they are idle, so no load is left over for
+the anchor); without it every member waits for Ray to start its worker process.
 """
 
 from __future__ import annotations
@@ -258,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="torch", help=f"comma-separated, of {','.join(ROWS)}; or all")
     p.add_argument("--raydp-python", help="python of a virtualenv with raydp (spark row)")
     p.add_argument("--skip-anchors", "--skip-ray-train", action="store_true")
+    p.add_argument(
+        "--prestart",
+        action="store_true",
+        help="before each sideband sample, outside its time: sideband.gang.prestart(workers)",
+    )
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
     args = p.parse_args(argv)
     rows = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
@@ -265,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SIDEBAND_RAYDP_PYTHON"] = args.raydp_python
 
     import ray
+
+    from sideband.gang import prestart
 
     started = False
     if not ray.is_initialized():
@@ -290,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
                     notes[row] = warm
                 for _ in range(args.repeats):
                     for name, fn in sides:
+                        if args.prestart and fn is ours[1]:
+                            prestart(args.workers)  # returns once they idle: no load left over
                         samples[row][name].append(fn(args.workers, args.cpus_per_worker, storage))
+                if args.prestart:
+                    warmed = "sideband samples start with prestarted workers (--prestart)"
+                    notes[row] = f"{notes[row]}; {warmed}" if row in notes else warmed
     finally:
         if started:
             ray.shutdown()

@@ -11,6 +11,7 @@ from sideband.errors import GangMemberError
 from sideband.gang.contract import GangContext, context
 from sideband.gang.gang import Gang
 from sideband.gang.member import save_checkpoint
+from sideband.gang.prestart import prestart
 from sideband.gang.registry import list_gangs
 from sideband.gang.setup import GangPlan, Setup, register_setup
 
@@ -22,6 +23,7 @@ __all__ = [
     "Setup",
     "context",
     "list_gangs",
+    "prestart",
     "register_setup",
     "save_checkpoint",
 ]
