@@ -172,6 +172,10 @@ _var("SIDEBAND_CMA", "collectives", _bool, True, _BOOL,
      "off (then large ops take the rings: two copies instead of one).")  # fmt: skip
 _var("SIDEBAND_ARENA", "collectives", _bool, True, _BOOL,
      "The arena of shared slots for small ops of a group on one host; 0 turns it off.")  # fmt: skip
+_var("SIDEBAND_HOME_CPU", "collectives", _bool, True, _BOOL,
+     "Each op moves its rank's thread back to the rank's own CPU (its place among the host's "
+     "ranks, round robin over the CPUs it may use) if the scheduler put it elsewhere, then gives "
+     "the affinity mask back; 0 turns it off (read when a group forms).")  # fmt: skip
 _var("SIDEBAND_SPIN", "collectives", _int(0), None, "an integer >= 0",
      "Plain polls of its doorbell a waiting rank makes before it sleeps (0: sleep at once), "
      "instead of the adaptive yield-then-sleep policy.", _AUTO_SPIN)  # fmt: skip

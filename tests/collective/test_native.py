@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import ctypes
 import mmap
+import os
 import struct
 import threading
 
@@ -185,3 +186,43 @@ def test_bad_arguments_raise_instead_of_touching_memory(ranks):
         _native.publish(r.table, 0, 0, 1, 1, 1, b"ab", 1)  # more than a slot holds
     with pytest.raises(ValueError):
         _native.wait_slots(r.table, 0, 0, 1, 1, 1, -1, _SLOT, array.array("I", [0]), r.abort(0), 0)
+
+
+def _cpu_now() -> int:
+    """The CPU this thread runs on, as the kernel reports it (field 39 of its stat)."""
+    with open("/proc/thread-self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to move between")
+def test_settle_moves_the_thread_home_and_gives_its_mask_back():
+    seen: dict[str, object] = {}
+
+    def run() -> None:
+        mask = os.sched_getaffinity(0)
+        moved, landed = [], []
+        for _ in range(3):  # the scheduler may move a thread again at any time: three tries
+            away = min(c for c in mask if c != _cpu_now())
+            moved.append(_native.settle(away))
+            landed.append(_cpu_now() == away)
+            if landed[-1]:
+                break
+        seen.update(mask=mask, after=os.sched_getaffinity(0), moved=moved, landed=landed)
+        here = _cpu_now()
+        seen["at_home"] = _native.settle(here)  # already there: nothing to do
+
+    t = threading.Thread(target=run)  # its own thread: the test's own mask is never touched
+    t.start()
+    t.join(30)
+    assert seen["moved"][-1] is True and seen["landed"][-1] is True, seen
+    assert seen["after"] == seen["mask"]  # the user's mask is what it was
+    assert seen["at_home"] is False
+
+
+def test_settle_leaves_a_cpu_outside_the_mask_alone():
+    mask = os.sched_getaffinity(0)
+    outside = max(mask) + 1
+    assert _native.settle(outside) is False
+    assert os.sched_getaffinity(0) == mask
+    with pytest.raises(ValueError):
+        _native.settle(-1)

@@ -268,3 +268,20 @@ def test_layouts(pool, groups, backend):
         assert np.all(base[:, ::2] == 6) and np.all(base[:, 1::2] == 0)
         assert np.all(f == 3)
         assert zsize == 0
+
+
+def _mask_around_ops(self, name):
+    import os
+
+    g = sideband.get_group(name)
+    before = os.sched_getaffinity(0)
+    x = np.ones(8, np.float32)
+    for _ in range(50):  # each op may move this thread to the rank's own CPU
+        g.allreduce(x)
+        g.barrier()
+    return before, os.sched_getaffinity(0)
+
+
+def test_ops_leave_the_threads_affinity_mask_as_it_was(pool, groups):
+    for before, after in on_all(pool[:4], _mask_around_ops, "ops-shm-4"):
+        assert after == before

@@ -107,3 +107,16 @@ def test_an_abort_ends_a_wait(block):
     while block.doorbell[0] == seen:
         waiting.doorbell(block, seen, waiting.WaitPolicy(), 60.0)
     assert block.abort_reason() == "rank 1 failed"
+
+
+def test_each_local_rank_gets_its_own_cpu_round_robin(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {5, 2})
+    peers = {1: 11, 3: 33}  # ranks 0, 1 and 3 share this host (rank 2 is elsewhere)
+    assert [waiting.home_cpu(r, {p: 0 for p in (0, 1, 3) if p != r}) for r in (0, 1, 3)] == [
+        2,
+        5,
+        2,  # three ranks on two CPUs: the third shares the first's
+    ]
+    assert waiting.home_cpu(0, {}) == -1  # no local peer: nothing to keep apart
+    monkeypatch.setenv("SIDEBAND_HOME_CPU", "0")
+    assert waiting.home_cpu(0, peers) == -1

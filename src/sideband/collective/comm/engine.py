@@ -246,8 +246,14 @@ class Comm:
         # has entered op ``seq`` (see Liveness.begin / end).
         self.begin = live.begin
         self.end = live.end
+        self.home = waiting.home_cpu(rank, self.local_pids)
         # Undone in reverse order by close() (segment, arena, helper threads of the layers above).
         self.closers: list[Callable[[], None]] = []
+
+    def settle(self) -> None:
+        """Before an op: back to this rank's own CPU if the scheduler moved it."""
+        if self.home >= 0:
+            waiting.settle(self.home)
 
     # -- early arrivals --------------------------------------------------------------------------
     def stash_put(self, peer: int, key: tuple[int, int], desc: int, payload: memoryview) -> None:

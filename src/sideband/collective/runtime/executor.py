@@ -136,6 +136,7 @@ class Executor:
             seq = self.seq
             if not p2p:
                 self.seq += 1
+            comm.settle()
             comm.begin(label, None if p2p else seq, timeout, desc)
             failed: BaseException | None = None
             try:

@@ -7,6 +7,7 @@
  * Nothing here allocates, and no loop runs longer than the budget the caller passes.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE /* sched_getcpu, CPU_SET */
 #include <Python.h>
 
 #include <limits.h>
@@ -138,6 +139,29 @@ static PyObject *py_yield_until(PyObject *self, PyObject *const *args, Py_ssize_
         } while (!moved && now_s() < end);
         Py_END_ALLOW_THREADS
     }
+    return PyBool_FromLong(moved);
+}
+
+/* settle(cpu) -> bool: if this thread runs on another CPU than ``cpu`` (and its affinity mask
+ * allows ``cpu``), move it there and give the mask back at once: one migration, and the thread
+ * stays free to move. True if it moved. At home it costs one vDSO call. */
+static PyObject *py_settle(PyObject *self, PyObject *arg) {
+    long cpu = PyLong_AsLong(arg);
+    if (cpu == -1 && PyErr_Occurred()) return NULL;
+    if (cpu < 0 || cpu >= CPU_SETSIZE) {
+        PyErr_SetString(PyExc_ValueError, "cpu out of range");
+        return NULL;
+    }
+    int here = sched_getcpu();
+    if (here < 0 || here == cpu) Py_RETURN_FALSE;
+    cpu_set_t saved, home;
+    if (sched_getaffinity(0, sizeof saved, &saved) != 0 || !CPU_ISSET(cpu, &saved))
+        Py_RETURN_FALSE;
+    CPU_ZERO(&home);
+    CPU_SET(cpu, &home);
+    int moved = sched_setaffinity(0, sizeof home, &home) == 0;
+    if (moved && sched_setaffinity(0, sizeof saved, &saved) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError); /* the user's mask must not stay narrowed */
     return PyBool_FromLong(moved);
 }
 
@@ -291,6 +315,8 @@ static PyMethodDef methods[] = {
     {"futex_wake", py_futex_wake, METH_O, "futex_wake(addr): wake every sleeper on addr."},
     {"ring", (PyCFunction)(void (*)(void))py_ring, METH_FASTCALL,
      "ring(bell_addr, sleeping_addr): bump a doorbell, waking its owner if it sleeps."},
+    {"settle", py_settle, METH_O,
+     "settle(cpu) -> bool: move this thread to cpu if it runs elsewhere, keeping its mask."},
     {"yield_until", (PyCFunction)(void (*)(void))py_yield_until, METH_FASTCALL,
      "yield_until(addr, seen, budget_s) -> bool: yield until the word moves past seen."},
     {"publish", (PyCFunction)(void (*)(void))py_publish, METH_FASTCALL,
