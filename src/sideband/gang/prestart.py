@@ -49,15 +49,15 @@ def prestart(num_workers: int, *, keep_alive_s: float = 300.0, timeout_s: float 
         ray.init()
     raylet = _Raylet()
     deadline = time.monotonic() + timeout_s
-    have = raylet.idle()
-    want = have + num_workers
+    have = base = raylet.idle()
+    want = base + num_workers
     while have < want:
         # The raylet starts at most its startup concurrency (one per core) per request and drops
         # the rest, so ask again once those registered.
         raylet.start(want - have, keep_alive_s)
         if not raylet.wait_more(have, deadline):
             raise GangSetupError(
-                f"prestart: {have - want + num_workers} of {num_workers} new idle Ray workers "
+                f"prestart: {have - base} of {num_workers} new idle Ray workers "
                 f"after {timeout_s:g}s on this "
                 f"node (Ray {ray.__version__}); raise timeout_s, or form the gang without them "
                 "(Ray then starts its members' workers itself)"

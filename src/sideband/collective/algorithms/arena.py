@@ -32,9 +32,14 @@ AREA_BYTES = 2 * (_HDR + SLOT_BYTES)  # two alternating slots per rank, in its s
 _UNSEEN = 0xFFFFFFFF  # a peer's size before its slot carries this round's step
 
 
+def _offset(k: int) -> int:
+    """Where slot ``k % 2`` starts in a rank's arena area (its header, then its payload)."""
+    return (k % 2) * (_HDR + SLOT_BYTES)
+
+
 def _slot(area: memoryview, k: int) -> tuple[memoryview, memoryview]:
     """(header words, payload bytes) of slot ``k % 2`` of a rank's arena area."""
-    off = (k % 2) * (_HDR + SLOT_BYTES)
+    off = _offset(k)
     return area[off : off + _HDR].cast("I"), area[off + _HDR : off + _HDR + SLOT_BYTES]
 
 
@@ -61,8 +66,7 @@ class Arena:
         for seg in segments:
             at = seg.base + seg.area_offset(AREA)
             for k in (0, 1):
-                hdr = at + k * (_HDR + SLOT_BYTES)
-                addrs += [hdr, hdr + _HDR]
+                addrs += [at + _offset(k), at + _offset(k) + _HDR]
             addrs += [seg.control.doorbell_addr, seg.control.sleeping_addr]
         self._table = struct.pack(f"{len(addrs)}Q", *addrs)
         self._abort = comm.control.abort_addr

@@ -10,6 +10,7 @@ handed in as ``refs``.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from sideband import config
 from sideband.collective.comm import waiting
 from sideband.collective.comm.framing import HEADER, KIND_COLL, KIND_P2P, KIND_REF, abort_reason
 from sideband.collective.comm.liveness import Liveness
+from sideband.collective.transports import _native
 from sideband.collective.transports.base import Channel
 from sideband.collective.transports.control import Control
 from sideband.errors import MismatchError
@@ -246,14 +248,14 @@ class Comm:
         # has entered op ``seq`` (see Liveness.begin / end).
         self.begin = live.begin
         self.end = live.end
-        self.home = waiting.home_cpu(rank, self.local_pids)
+        # Before each op: back to this rank's own CPU if the scheduler moved it (a C call
+        # bound once; nothing to do when the rank has no CPU of its own).
+        home = waiting.home_cpu(rank, self.local_pids)
+        self.settle: Callable[[], object] = (
+            functools.partial(_native.settle, home) if home >= 0 else _stay
+        )
         # Undone in reverse order by close() (segment, arena, helper threads of the layers above).
         self.closers: list[Callable[[], None]] = []
-
-    def settle(self) -> None:
-        """Before an op: back to this rank's own CPU if the scheduler moved it."""
-        if self.home >= 0:
-            waiting.settle(self.home)
 
     # -- early arrivals --------------------------------------------------------------------------
     def stash_put(self, peer: int, key: tuple[int, int], desc: int, payload: memoryview) -> None:
@@ -390,3 +392,7 @@ class Comm:
                 self.closers.pop()()
             except Exception:
                 pass
+
+
+def _stay() -> None:
+    """Comm.settle of a rank without a CPU of its own."""

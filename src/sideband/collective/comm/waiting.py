@@ -182,6 +182,3 @@ def home_cpu(rank: int, local_pids: dict[int, int]) -> int:
     cpus = sorted(os.sched_getaffinity(0))
     local = sorted([*local_pids, rank])
     return cpus[local.index(rank) % len(cpus)]
-
-
-settle = _native.settle  # settle(cpu): move this thread to ``cpu``, keeping its affinity mask
