@@ -20,7 +20,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import itertools
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -42,6 +45,7 @@ _TAG = 16
 _SMALL_TAG = 4096
 _GIL_FREE_COPY = 64 << 10
 _IOV_MAX = 512
+_STALL_S = 0.005  # the longest a write waits for room before its op consumes what arrived
 _TCPI_UNACKED = 24  # offset of tcpi_unacked in Linux's struct tcp_info
 
 
@@ -88,6 +92,11 @@ class TcpChannel(Channel):
         self._lost: str | None = None
         self._closing = False
         self._send_lock = threading.Lock()
+        # The frame going out, as (bytes, part of the frame), and the parts list it came as.
+        self._wire: collections.deque[tuple[memoryview, bool]] = collections.deque()
+        self._owner: list[memoryview] | None = None
+        self._room_out = select.poll()
+        self._room_out.register(sock.fileno(), select.POLLOUT)
         self._held_open = False
         self._reader = threading.Thread(
             target=self._read_loop, name=f"sideband-tcp-{peer}", daemon=True
@@ -195,60 +204,84 @@ class TcpChannel(Channel):
 
     # -- Channel -------------------------------------------------------------------------------
     def write(self, parts: list[memoryview], check: Callable[[], None]) -> int:
-        """Send one whole frame (``parts``: its header, then any payload), or raise: a frame
-        left half-sent leaves the stream unusable, and the op that raised breaks the group."""
-        hdr = parts[0]
-        assert len(hdr) == self._hs, "TCP writes whole frames"
-        try:
-            _kind, nbytes, authenticated = self._codec.parse(hdr)
-        except ValueError as e:
-            raise ConnectionError(f"refusing to send a malformed frame ({e})") from None
-        with self._send_lock:
-            self._send(self._framed(hdr, parts[1:], authenticated), check)
-        return self._hs + nbytes
+        """Send what the socket takes now of the frame ``parts`` (its header, then any payload),
+        waiting at most :data:`_STALL_S` for room; returns how many of its bytes went.
 
-    def _framed(self, hdr: memoryview, payload: list[memoryview], authenticated: bool) -> list:
-        """The wire form of a frame: tags after the header and, where due, each payload chunk
-        (under the send lock: tags are numbered in the order they are sent)."""
+        Never blocking for longer lets an op that also receives consume what arrived, so two
+        ranks sending to each other at once both progress, whatever the bound. Frames go out
+        whole, one at a time: a frame started is carried on by later calls with the same
+        ``parts`` (the rest of the frame travels with its tags, made when it started, in
+        sending order), and a write of another frame meanwhile takes nothing."""
+        with self._send_lock:
+            if self._owner is not parts:
+                if self._wire:
+                    return 0
+                hdr = parts[0]
+                assert len(hdr) == self._hs, "TCP writes whole frames"
+                try:
+                    _kind, _nbytes, authenticated = self._codec.parse(hdr)
+                except ValueError as e:
+                    raise ConnectionError(f"refusing to send a malformed frame ({e})") from None
+                self._wire.extend(self._framed(hdr, parts[1:], authenticated))
+                self._owner = parts
+            sent = self._flush()
+            if not self._wire:
+                self._owner = None
+            return sent
+
+    def _framed(
+        self, hdr: memoryview, payload: list[memoryview], authenticated: bool
+    ) -> list[tuple[memoryview, bool]]:
+        """The wire form of a frame, as (bytes, part of the frame): the header's tag after it
+        and, where due, each payload chunk's after that chunk (under the send lock: tags are
+        numbered in the order they are sent)."""
         key = self._send_key
-        out: list[memoryview | bytes] = [hdr, self._tag(key, self._sent, hdr)]
+        out = [(hdr, True), (memoryview(self._tag(key, self._sent, hdr)), False)]
         self._sent += 1
         for data in payload:
+            data = memoryview(data).cast("B")
             if not (authenticated or self._mac_all):
-                out.append(data)
+                out.append((data, True))
                 continue
             for lo in range(0, len(data), _CHUNK):
                 chunk = data[lo : lo + _CHUNK]
-                out += [chunk, self._tag(key, self._sent, chunk)]
+                out += [(chunk, True), (memoryview(self._tag(key, self._sent, chunk)), False)]
                 self._sent += 1
-        return out
+        return [(v, counted) for v, counted in out if len(v)]
 
-    def _send(self, bufs: list, check: Callable[[], None]) -> None:
-        views = [memoryview(b).cast("B") for b in bufs if len(b)]
-        while views:
+    def _flush(self) -> int:
+        """Send what the kernel takes of the wire, waiting up to :data:`_STALL_S` whenever it
+        takes nothing; returns the frame bytes (tags not counted) sent."""
+        wire, sent, fd = self._wire, 0, self.sock.fileno()
+        while wire:
             if self._lost:
                 raise ConnectionError(self._lost)
             try:
-                n = self.sock.sendmsg(views[:_IOV_MAX])
-            except TimeoutError:
+                # The socket is non-blocking underneath its timeout: writev returns at once.
+                n = os.writev(fd, [v for v, _ in itertools.islice(wire, _IOV_MAX)])
+            except BlockingIOError:
+                if self._room_out.poll(_STALL_S * 1000):
+                    continue
                 # The peer takes nothing: it is not receiving, or its reader is at its bound.
                 if self.send_blocked_since is None:
                     self.send_blocked_since = time.monotonic()
                 self._hold_open(True)
-                check()
-                continue
+                return sent
             except OSError as e:
                 self._lost = f"connection to rank {self.peer} lost ({e})"
                 raise ConnectionError(self._lost) from e
             self._hold_open(False)
             self.send_blocked_since = None
             while n:
-                if n >= len(views[0]):
-                    n -= len(views.pop(0))
+                v, counted = wire[0]
+                k = min(n, len(v))
+                if k == len(v):
+                    wire.popleft()
                 else:
-                    views[0] = views[0][n:]
-                    n = 0
-        self.send_blocked_since = None
+                    wire[0] = (v[k:], counted)
+                sent += k if counted else 0
+                n -= k
+        return sent
 
     def _hold_open(self, closed_window: bool) -> None:
         """Keep a link whose peer is alive but not reading. Linux ends a connection whose
@@ -295,19 +328,17 @@ class TcpChannel(Channel):
         return got
 
     def abort(self, reason: str) -> None:
+        """Tell the peer why this rank stops, after the rest of any frame half sent (the peer
+        reads frames whole); gives up after half a second without room."""
         frame = memoryview(self._codec.abort_frame(reason))
         hdr, payload = frame[: self._hs], frame[self._hs :]
-
-        def give_up() -> None:
-            raise TimeoutError("the peer takes nothing")
-
+        give_up = time.monotonic() + 0.5
         try:
             with self._send_lock:
-                self.sock.settimeout(0.5)
-                try:
-                    self._send(self._framed(hdr, [payload], True), give_up)
-                finally:
-                    self.sock.settimeout(_SLICE_S)
+                self._owner = None  # the op's own frame, if unfinished, is ended here
+                self._wire.extend(self._framed(hdr, [payload], True))
+                while self._wire and time.monotonic() < give_up:
+                    self._flush()
         except (OSError, ConnectionError):
             pass
 
