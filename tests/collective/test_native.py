@@ -13,6 +13,7 @@ import os
 import struct
 import threading
 
+import numpy as np
 import pytest
 
 from sideband.collective.algorithms import arena
@@ -226,3 +227,78 @@ def test_settle_leaves_a_cpu_outside_the_mask_alone():
     assert os.sched_getaffinity(0) == mask
     with pytest.raises(ValueError):
         _native.settle(-1)
+
+
+_C_DTYPES = "float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
+
+
+def _hard_values(dtype: str, n: int, rank: int) -> np.ndarray:
+    """Values where a careless loop differs from numpy: wrap-around, NaN, signed zeros."""
+    rng = np.random.default_rng(rank)
+    if dtype == "bool":
+        return rng.integers(0, 2, n).astype(bool)
+    if dtype.startswith("float"):
+        v = rng.standard_normal(n).astype(dtype) * 1e30
+        v[::7] = np.nan
+        v[1::11] = -0.0
+        v[2::13] = np.inf
+        return v
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+
+
+@pytest.mark.parametrize("dtype", _C_DTYPES)
+def test_reduce_slots_matches_numpy_bit_for_bit(ranks, dtype):
+    from sideband import ReduceOp
+    from sideband.collective.runtime import reduce as red
+
+    n, count = 3, 101
+    r = ranks(n)
+    parts = [_hard_values(dtype, count, p) for p in range(n)]
+    for p, v in enumerate(parts):
+        ctypes.memmove(r.area(p) + _HDR, v.ctypes.data, v.nbytes)
+    for op in ReduceOp:
+        if red._why(op, dtype, "native", False):
+            continue  # refused at the edge (AVG of integers, bitwise of floats)
+        f = red.reducer(op, dtype)
+        assert f.code >= 0, (op, dtype)
+        want = parts[0].copy()
+        with np.errstate(all="ignore"):
+            for v in parts[1:]:
+                f(want, v)  # numpy, in rank order
+        got = np.empty_like(want)
+        assert _native.reduce_slots(r.table, 0, 0, _SLOT, f.code, got.data), (op, dtype)
+        assert got.tobytes() == want.tobytes(), (op, dtype)
+        # A row further in (reduce_scatter): the same, from that offset on.
+        row = np.empty(count // 4, dtype)
+        assert _native.reduce_slots(r.table, 0, row.nbytes, _SLOT, f.code, row.data)
+        assert row.tobytes() == want[row.size : 2 * row.size].tobytes(), (op, dtype)
+
+
+def test_reduce_slots_declines_what_it_has_no_loop_for_and_refuses_overreach(ranks):
+    r = ranks(2)
+    out = np.zeros(4, np.float16)
+    assert not _native.reduce_slots(r.table, 0, 0, _SLOT, -1, out.data)  # float16: numpy's
+    assert not _native.reduce_slots(r.table, 0, 0, _SLOT, 4 * 16 + 0, out.data)  # float BAND
+    assert (out == 0).all()  # declined: untouched
+    odd = np.zeros(9, np.uint8)[1:].view(np.float32)  # misaligned for float32
+    assert not _native.reduce_slots(r.table, 0, 0, _SLOT, 0, odd.data)
+    with pytest.raises(ValueError):
+        _native.reduce_slots(r.table, 0, _SLOT - 4, _SLOT, 0, np.zeros(2, np.float32).data)
+    with pytest.raises(ValueError):
+        _native.reduce_slots(r.table, 2, 0, _SLOT, 0, np.zeros(2, np.float32).data)
+
+
+def test_gather_slots_copies_every_part_in_rank_order_and_stays_in_the_slot(ranks):
+    r = ranks(3)
+    for p in range(3):
+        ctypes.memmove(r.area(p) + _HDR, bytes([p + 1]) * 5, 5)
+    out = bytearray(15)
+    _native.gather_slots(r.table, 0, _SLOT, out)
+    assert bytes(out) == b"\x01" * 5 + b"\x02" * 5 + b"\x03" * 5
+    with pytest.raises(ValueError):
+        _native.gather_slots(r.table, 0, _SLOT, bytearray(16))  # not 3 whole parts
+    with pytest.raises(ValueError):
+        _native.gather_slots(r.table, 0, _SLOT, bytearray(3 * (_SLOT + 1)))  # past a slot
+    with pytest.raises(ValueError):
+        _native.gather_slots(r.table, 2, _SLOT, out)

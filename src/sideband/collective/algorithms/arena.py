@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sideband.collective.algorithms.context import Reducer, as_bytes
 from sideband.collective.comm.engine import Comm
 from sideband.collective.comm.framing import KIND_COLL
 from sideband.collective.comm.waiting import SLICE_S
@@ -81,7 +82,9 @@ class Arena:
 
         Views over the slots are made once per (slot, dtype, sizes) and reused.
         """
-        parts = self.exchange(tag, desc, mine, len(mine))
+        return self._views(self.exchange(tag, desc, mine, len(mine)), dtype)
+
+    def _views(self, parts: list[memoryview], dtype: np.dtype) -> list[np.ndarray]:
         key = (self.k % 2, dtype, tuple(len(p) for p in parts))
         arrs = self._arrays.get(key)
         if arrs is None:
@@ -89,6 +92,36 @@ class Arena:
                 self._arrays.clear()
             arrs = self._arrays[key] = [np.frombuffer(p, dtype) for p in parts]
         return arrs
+
+    def reduced(
+        self,
+        tag: int,
+        desc: int,
+        x: np.ndarray,
+        out: np.ndarray | None,
+        reduce: Reducer,
+        row: int = 0,
+    ) -> None:
+        """:meth:`exchange` of ``x``, then ``out`` (None: this rank needs no result) = row
+        ``row`` (of out's size) of every rank's part, reduced in rank order: by C straight from
+        the slots where it has a loop for the reduction, else by ``reduce`` over views."""
+        parts = self.exchange(tag, desc, as_bytes(x), x.nbytes)
+        if out is None:
+            return
+        offset = row * out.nbytes
+        if _native.reduce_slots(self._table, self.k % 2, offset, SLOT_BYTES, reduce.code, out.data):
+            return
+        views = self._views(parts, x.dtype)
+        out[...] = views[0][offset // x.itemsize :][: out.size]
+        for v in views[1:]:
+            reduce(out, v[offset // x.itemsize :][: out.size])
+
+    def gathered(self, tag: int, desc: int, x: np.ndarray, out: np.ndarray | None) -> None:
+        """:meth:`exchange` of ``x``, then every rank's part into the rows of ``out`` (n rows of
+        x's size; None: this rank needs none), copied by C straight from the slots."""
+        self.exchange(tag, desc, as_bytes(x), x.nbytes)
+        if out is not None:
+            _native.gather_slots(self._table, self.k % 2, SLOT_BYTES, as_bytes(out))
 
     def exchange(
         self, tag: int, desc: int, mine: memoryview, expect: int | None = None

@@ -17,7 +17,20 @@ import numpy as np
 from sideband.collective.comm.engine import Comm
 from sideband.collective.comm.framing import KIND_COLL
 
-Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc = acc (op) other
+
+class Reducer:
+    """``reducer(acc, other)``: acc = acc (op) other, elementwise, in place. ``code`` names the
+    same reduction for the C loops that reduce arena slots (``_native.reduce_slots``); -1 where
+    C has none (float16, bfloat16), and numpy or torch reduces."""
+
+    __slots__ = ("fn", "code")
+
+    def __init__(self, fn: Callable[[np.ndarray, np.ndarray], None], code: int = -1) -> None:
+        self.fn = fn
+        self.code = code
+
+    def __call__(self, acc: np.ndarray, other: np.ndarray) -> None:
+        self.fn(acc, other)
 
 
 class Plan:

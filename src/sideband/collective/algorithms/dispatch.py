@@ -43,7 +43,7 @@ def allreduce(op: Op, x: np.ndarray, reduce: Reducer) -> None:
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        flat.reduce_rows(a.arrays(op.tag, op.desc, as_bytes(x), x.dtype), x, reduce)
+        a.reduced(op.tag, op.desc, x, x, reduce)
     elif x.nbytes <= SMALL_BYTES or x.size < op.n:
         flat.allreduce_direct(op, x, reduce)
     elif zerocopy.usable(op, x.nbytes):
@@ -57,9 +57,7 @@ def reduce(op: Op, x: np.ndarray, root: int, reduce_fn: Reducer) -> None:
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        parts = a.arrays(op.tag, op.desc, as_bytes(x), x.dtype)
-        if op.rank == root:
-            flat.reduce_rows(parts, x, reduce_fn)
+        a.reduced(op.tag, op.desc, x, x if op.rank == root else None, reduce_fn)
         return
     flat.reduce_to_root(op, x, root, reduce_fn)
     barrier(op)  # ranks that received nothing learn here of any disagreement
@@ -91,14 +89,14 @@ def broadcast(op: Op, x: np.ndarray, root: int) -> None:
 
 def allgather(op: Op, x: np.ndarray, out: np.ndarray) -> None:
     """``out`` is (n, x.size); row r of every rank receives rank r's x."""
+    a = _arena(op, x.nbytes) if op.n > 1 else None
+    if a is not None:
+        a.gathered(op.tag, op.desc, x, out)  # this rank's row too
+        return
     out[op.rank] = x
     if op.n == 1:
         return
-    a = _arena(op, x.nbytes)
-    if a is not None:
-        for p, part in enumerate(a.arrays(op.tag, op.desc, as_bytes(x), x.dtype)):
-            out[p] = part
-    elif op.plan.hier is not None:
+    if op.plan.hier is not None:
         hierarchical.allgather(op, x, out)
     elif zerocopy.usable(op, x.nbytes):
         zerocopy.allgather(op, x, out)
@@ -111,11 +109,7 @@ def gather(op: Op, x: np.ndarray, root: int, out: np.ndarray | None) -> None:
     if a is None:
         flat.gather(op, x, root, out)
         return
-    parts = a.arrays(op.tag, op.desc, as_bytes(x), x.dtype)
-    if op.rank == root:
-        assert out is not None
-        for p, part in enumerate(parts):
-            out[p] = part
+    a.gathered(op.tag, op.desc, x, out if op.rank == root else None)
 
 
 def scatter(op: Op, x: np.ndarray | None, root: int, out: np.ndarray) -> None:
@@ -131,8 +125,7 @@ def reduce_scatter(op: Op, x: np.ndarray, out: np.ndarray, reduce_fn: Reducer) -
         return
     a = _arena(op, x.nbytes)
     if a is not None:
-        parts = a.arrays(op.tag, op.desc, as_bytes(x), x.dtype)
-        flat.reduce_rows([part.reshape(n, -1)[r] for part in parts], out, reduce_fn)
+        a.reduced(op.tag, op.desc, x, out, reduce_fn, row=r)
     elif x.nbytes <= SMALL_BYTES:
         flat.reduce_scatter_direct(op, x, out, reduce_fn)
     elif op.plan.hier is not None:

@@ -95,7 +95,11 @@ def timeout(timeout_s: Any) -> float:
 
 
 def what(g: Any, op: str) -> str:
-    return f"{op} on rank {g.rank} of group {g.name!r}"
+    """``op`` on rank r of group 'name': how errors name the op (made once per group and op)."""
+    w = g._whats.get(op)
+    if w is None:
+        w = g._whats[op] = f"{op} on rank {g.rank} of group {g.name!r}"
+    return w
 
 
 def rank(g: Any, r: Any, role: str, op: str) -> int:

@@ -60,6 +60,7 @@ class Group:
         self._torch: Torch | None = None
         # CUDA state (plan, NCCL process group, pinned buffers, IPC), made on first CUDA op.
         self._cuda: Gpu | None = None
+        self._whats: dict[str, str] = {}  # checks.what, by op: made once, not per call
 
     def __repr__(self) -> str:
         return (

@@ -38,11 +38,12 @@ class Native:
         self.rank = ex.rank
         self.n = world_size
         self._pinned = pinned  # the group's pinned pool (made on first CUDA op)
-        # (label, descriptor) by op and arguments: formatting them costs more than a small
-        # op's exchange, and a loop calls the same op with the same shapes.
-        self._metas: dict[tuple[Any, ...], tuple[str, int]] = {}
+        # (label, descriptor[, reducer]) by op and arguments: making them costs more than a small
+        # op's exchange, and a loop calls the same op with the same shapes. Keys hold a reduce
+        # op's ``_value_``: hashing an Enum member runs Python code, an int's does not.
+        self._metas: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
-    def _meta(self, key: tuple[Any, ...], make: Callable[[], tuple[str, int]]) -> tuple[str, int]:
+    def _meta(self, key: tuple[Any, ...], make: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
         got = self._metas.get(key)
         if got is None:
             if len(self._metas) >= 512:
@@ -78,7 +79,14 @@ class Native:
 
     # -- array ops (arguments validated by the edge) ---------------------------------------------
     def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
-        f = red.reducer(rop, buf.dtype)
+        label, desc, f = self._meta(
+            ("allreduce", buf.dtype, buf.shape, rop._value_),
+            lambda: (
+                f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})",
+                descriptor("allreduce", buf.dtype, buf.nbytes, rop.name),
+                red.reducer(rop, buf.dtype),
+            ),
+        )
         n = self.n
 
         def body(o: Op) -> Any:
@@ -87,17 +95,17 @@ class Native:
             buf.finish()
             return buf.obj
 
-        label, desc = self._meta(
-            ("allreduce", buf.dtype, buf.shape, rop),
-            lambda: (
-                f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})",
-                descriptor("allreduce", buf.dtype, buf.nbytes, rop.name),
-            ),
-        )
         return self._run(label, desc, body, (buf,), aop, t)
 
     def reduce(self, buf: Buffer, dst: int, rop: ReduceOp, aop: bool, t: float | None) -> Any:
-        f = red.reducer(rop, buf.dtype)
+        label, desc, f = self._meta(
+            ("reduce", buf.dtype, buf.shape, rop._value_, dst),
+            lambda: (
+                f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
+                descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst),
+                red.reducer(rop, buf.dtype),
+            ),
+        )
         me, n = self.rank, self.n
 
         def body(o: Op) -> Any:
@@ -107,13 +115,6 @@ class Native:
                 buf.finish()
             return buf.obj
 
-        label, desc = self._meta(
-            ("reduce", buf.dtype, buf.shape, rop, dst),
-            lambda: (
-                f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
-                descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst),
-            ),
-        )
         return self._run(label, desc, body, (buf,), aop, t)
 
     def broadcast(self, buf: Buffer, src: int, aop: bool, t: float | None) -> Any:
@@ -195,7 +196,14 @@ class Native:
     def reduce_scatter(
         self, buf: Buffer, rop: ReduceOp, ob: Buffer, aop: bool, t: float | None
     ) -> Any:
-        f = red.reducer(rop, buf.dtype)
+        label, desc, f = self._meta(
+            ("reduce_scatter", buf.dtype, buf.shape, rop._value_),
+            lambda: (
+                f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})",
+                descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name),
+                red.reducer(rop, buf.dtype),
+            ),
+        )
         n = self.n
 
         def body(o: Op) -> Any:
@@ -204,13 +212,6 @@ class Native:
             ob.finish()
             return ob.obj
 
-        label, desc = self._meta(
-            ("reduce_scatter", buf.dtype, buf.shape, rop),
-            lambda: (
-                f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})",
-                descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name),
-            ),
-        )
         return self._run(label, desc, body, (buf, ob), aop, t)
 
     def alltoall(self, buf: Buffer, ob: Buffer, aop: bool, t: float | None) -> Any:

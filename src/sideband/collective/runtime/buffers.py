@@ -38,7 +38,7 @@ from sideband.errors import BackendUnavailableError, InvalidArgumentError
 _KINDS = "biuf"  # bool, signed, unsigned, float
 
 
-@dataclass
+@dataclass(slots=True)
 class Buffer:
     """A validated array argument of one rank."""
 
@@ -133,7 +133,7 @@ def as_buffer(
         check_writable(base, what, write_readonly)
         base = writable_alias(base, what)
     if base.flags.c_contiguous:
-        return Buffer(x, base.reshape(-1), tuple(base.shape), dtype, None)
+        return Buffer(x, base if base.ndim == 1 else base.reshape(-1), base.shape, dtype, None)
     flat = np.ascontiguousarray(base).reshape(-1)
 
     def writeback() -> None:

@@ -8,16 +8,14 @@ things with the same words, before anything is sent.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from sideband.collective.algorithms.context import Reducer
 from sideband.collective.runtime.arrays import FP8, TORCH_ONLY
 from sideband.collective.types import ReduceOp
 from sideband.errors import InvalidArgumentError
-
-Reducer = Callable[[np.ndarray, np.ndarray], None]  # reducer(acc, other): acc = acc (op) other
 
 _UFUNCS = {
     ReduceOp.SUM: np.add,
@@ -37,6 +35,23 @@ _BOOL_UFUNCS = {
     ReduceOp.BAND: np.logical_and,
     ReduceOp.BOR: np.logical_or,
     ReduceOp.BXOR: np.logical_xor,
+}
+# The C loops' numbering (_native.c): op * 16 + dtype. AVG reduces as SUM.
+_C_OPS = {
+    ReduceOp.SUM: 0,
+    ReduceOp.AVG: 0,
+    ReduceOp.PRODUCT: 1,
+    ReduceOp.MIN: 2,
+    ReduceOp.MAX: 3,
+    ReduceOp.BAND: 4,
+    ReduceOp.BOR: 5,
+    ReduceOp.BXOR: 6,
+}
+_C_DTYPES = {
+    name: i
+    for i, name in enumerate(
+        "float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
+    )
 }
 _BITWISE = (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR)
 _FP8_OPS = (ReduceOp.SUM, ReduceOp.AVG, ReduceOp.MIN, ReduceOp.MAX)
@@ -62,12 +77,17 @@ def _kind(dtype: str) -> str:
 def check(op: ReduceOp, dtype: str, backend: str, what: str, nccl_fp8: bool = False) -> None:
     """Raise InvalidArgumentError (prefixed with ``what``) unless ``backend`` ("native",
     "gloo" or "nccl") can reduce ``dtype`` with ``op``."""
-    why = _why(op, dtype, backend, nccl_fp8)
+    key = (op._value_, dtype, backend, nccl_fp8)  # an Enum member's hash runs Python code
+    why = _WHYS.get(key)
+    if why is None:
+        why = _WHYS[key] = _why(op, dtype, backend, nccl_fp8)  # finitely many keys
     if why:
         raise InvalidArgumentError(f"{what}: {why}")
 
 
-@functools.lru_cache(maxsize=512)
+_WHYS: dict[tuple[int, str, str, bool], str] = {}
+
+
 def _why(op: ReduceOp, dtype: str, backend: str, nccl_fp8: bool) -> str:
     kind = _kind(dtype)
     if dtype in FP8:
@@ -122,14 +142,15 @@ def reducer(op: ReduceOp, dtype: str) -> Reducer:
             a = torch.from_numpy(acc).view(tdt)
             tfn(a, torch.from_numpy(other).view(tdt), out=a)
 
-        return bf16
+        return Reducer(bf16)
     table = _BOOL_UFUNCS if np.dtype(dtype).kind == "b" else _UFUNCS
     ufunc = table[op]
 
     def f(acc: np.ndarray, other: np.ndarray) -> None:
         ufunc(acc, other, out=acc)
 
-    return f
+    d = _C_DTYPES.get(dtype)
+    return Reducer(f, -1 if d is None else _C_OPS[op] * 16 + d)
 
 
 def finish_avg(op: ReduceOp, arr: np.ndarray, dtype: str, n: int) -> None:

@@ -3,7 +3,8 @@
  * Python decides (wait policy, liveness, errors); C runs the loops whose every microsecond is
  * latency: futex sleep and wake-up without ctypes, the yield phase of a wait with the GIL
  * released, ringing a peer's doorbell (an atomic add, and a wake-up only if it sleeps), and the
- * arena's round: publish this rank's slot, then poll every peer's slot until all carry the step.
+ * arena's round: publish this rank's slot, then poll every peer's slot until all carry the step,
+ * and reduce what the slots hold straight into the caller's array.
  * Nothing here allocates, and no loop runs longer than the budget the caller passes.
  */
 #define PY_SSIZE_T_CLEAN
@@ -309,6 +310,125 @@ static PyObject *py_wait_slots(PyObject *self, PyObject *const *args, Py_ssize_t
     return PyLong_FromSsize_t(r);
 }
 
+/* The arena's reductions, in rank order (every rank computes the same bits): codes are
+ * op * 16 + dtype, as runtime/reduce.py numbers them. Integers wrap as numpy's do (the
+ * arithmetic runs unsigned); float min/max return a NaN operand, as np.minimum/maximum do;
+ * bool is 0/1 bytes under logical ops. */
+enum { D_F32, D_F64, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64, D_BOOL, D_COUNT };
+enum { R_SUM, R_PROD, R_MIN, R_MAX, R_BAND, R_BOR, R_BXOR, R_COUNT };
+static const size_t dsize[D_COUNT] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1};
+
+#define FLOAT_CASES(T, D)                                                                       \
+    case R_SUM * 16 + D: REDUCE(T, a + b);                                                      \
+    case R_PROD * 16 + D: REDUCE(T, a * b);                                                     \
+    case R_MIN * 16 + D: REDUCE(T, (a < b || a != a) ? a : b);                                  \
+    case R_MAX * 16 + D: REDUCE(T, (a > b || a != a) ? a : b);
+#define INT_CASES(T, U, D)                                                                      \
+    case R_SUM * 16 + D: REDUCE(T, (T)((U)a + (U)b));                                           \
+    case R_PROD * 16 + D: REDUCE(T, (T)((U)a * (U)b));                                          \
+    case R_MIN * 16 + D: REDUCE(T, a < b ? a : b);                                              \
+    case R_MAX * 16 + D: REDUCE(T, a > b ? a : b);                                              \
+    case R_BAND * 16 + D: REDUCE(T, a & b);                                                     \
+    case R_BOR * 16 + D: REDUCE(T, a | b);                                                      \
+    case R_BXOR * 16 + D: REDUCE(T, a ^ b);
+#define REDUCE(T, EXPR)                                                                         \
+    do {                                                                                        \
+        T *o = (T *)out;                                                                        \
+        memcpy(out, t[0].slot[slot].data + offset, nbytes);                                     \
+        for (Py_ssize_t p = 1; p < ranks; p++) {                                                \
+            const T *s = (const T *)(t[p].slot[slot].data + offset);                            \
+            for (size_t i = 0; i < m; i++) {                                                    \
+                T a = o[i], b = s[i];                                                           \
+                o[i] = (EXPR);                                                                  \
+            }                                                                                   \
+        }                                                                                       \
+        return 1;                                                                               \
+    } while (0)
+
+static int reduce_rows(const RankAddrs *t, Py_ssize_t ranks, Py_ssize_t slot, size_t offset,
+                       size_t nbytes, int code, unsigned char *out) {
+    size_t m = nbytes / dsize[code % 16];
+    switch (code) {
+        FLOAT_CASES(float, D_F32)
+        FLOAT_CASES(double, D_F64)
+        INT_CASES(int8_t, uint8_t, D_I8)
+        INT_CASES(int16_t, uint16_t, D_I16)
+        INT_CASES(int32_t, uint32_t, D_I32)
+        INT_CASES(int64_t, uint64_t, D_I64)
+        INT_CASES(uint8_t, uint8_t, D_U8)
+        INT_CASES(uint16_t, uint16_t, D_U16)
+        INT_CASES(uint32_t, uint32_t, D_U32)
+        INT_CASES(uint64_t, uint64_t, D_U64)
+    case R_SUM * 16 + D_BOOL: case R_MAX * 16 + D_BOOL: case R_BOR * 16 + D_BOOL:
+        REDUCE(uint8_t, (uint8_t)(a || b));
+    case R_PROD * 16 + D_BOOL: case R_MIN * 16 + D_BOOL: case R_BAND * 16 + D_BOOL:
+        REDUCE(uint8_t, (uint8_t)(a && b));
+    case R_BXOR * 16 + D_BOOL:
+        REDUCE(uint8_t, (uint8_t)(!a != !b));
+    }
+    return 0;
+}
+
+/* reduce_slots(table, slot, offset, slot_bytes, code, out) -> bool: out = every rank's slot
+ * bytes [offset, offset + len(out)) reduced in rank order by ``code`` (after a round in which
+ * every part was checked to be at least that long). False, with out untouched, for a code
+ * without a C loop or an out misaligned for its dtype: the caller reduces in numpy. */
+static PyObject *py_reduce_slots(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    Py_ssize_t ranks;
+    const RankAddrs *t;
+    if (!nargs_ok(n, 6, "reduce_slots") || read_table(args[0], &ranks, &t) < 0) return NULL;
+    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t slot_bytes = PyLong_AsSsize_t(args[3]);
+    long code = PyLong_AsLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (slot < 0 || slot > 1 || offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "slot or offset out of range");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[5], &v, PyBUF_WRITABLE) < 0) return NULL;
+    int done = 0;
+    if (offset + v.len > slot_bytes) {
+        PyErr_SetString(PyExc_ValueError, "offset and out reach past a slot");
+    } else if (code >= 0 && code < R_COUNT * 16 && code % 16 < D_COUNT &&
+               (uintptr_t)v.buf % dsize[code % 16] == 0 && offset % dsize[code % 16] == 0 &&
+               v.len % dsize[code % 16] == 0) {
+        done = reduce_rows(t, ranks, slot, (size_t)offset, (size_t)v.len, (int)code,
+                           (unsigned char *)v.buf);
+    }
+    PyBuffer_Release(&v);
+    if (PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(done);
+}
+
+/* gather_slots(table, slot, slot_bytes, out): out = every rank's slot bytes [0, len(out) /
+ * ranks), in rank order (after a round in which every part was checked to be that long). */
+static PyObject *py_gather_slots(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    Py_ssize_t ranks;
+    const RankAddrs *t;
+    if (!nargs_ok(n, 4, "gather_slots") || read_table(args[0], &ranks, &t) < 0) return NULL;
+    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t slot_bytes = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (slot < 0 || slot > 1) {
+        PyErr_SetString(PyExc_ValueError, "slot out of range");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[3], &v, PyBUF_WRITABLE) < 0) return NULL;
+    if (v.len % ranks != 0 || v.len / ranks > slot_bytes) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "out is not a whole number of parts of a slot at most");
+        return NULL;
+    }
+    size_t part = (size_t)(v.len / ranks);
+    for (Py_ssize_t p = 0; p < ranks; p++)
+        memcpy((unsigned char *)v.buf + (size_t)p * part, t[p].slot[slot].data, part);
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"futex_wait", (PyCFunction)(void (*)(void))py_futex_wait, METH_FASTCALL,
      "futex_wait(addr, expected, timeout_s): sleep while the word at addr equals expected."},
@@ -324,6 +444,12 @@ static PyMethodDef methods[] = {
     {"wait_slots", (PyCFunction)(void (*)(void))py_wait_slots, METH_FASTCALL,
      "wait_slots(table, rank, slot, step, seq, desc, expect, slot_bytes, sizes, abort_addr, "
      "budget_s) -> pending peers, or -(1 + p) for a peer out of step."},
+    {"reduce_slots", (PyCFunction)(void (*)(void))py_reduce_slots, METH_FASTCALL,
+     "reduce_slots(table, slot, offset, slot_bytes, code, out) -> bool: reduce every rank's "
+     "slot bytes into out, in rank order (False: no C loop for code; out untouched)."},
+    {"gather_slots", (PyCFunction)(void (*)(void))py_gather_slots, METH_FASTCALL,
+     "gather_slots(table, slot, slot_bytes, out): every rank's slot bytes into out, in rank "
+     "order."},
     {NULL, NULL, 0, NULL},
 };
 
