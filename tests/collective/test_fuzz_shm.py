@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sideband.collective.algorithms import arena  # noqa: E402
+from sideband.collective.comm import waiting  # noqa: E402
 from sideband.collective.comm.waiting import WaitPolicy  # noqa: E402
 from sideband.collective.transports import control, shm  # noqa: E402
 from sideband.errors import CollectiveTimeoutError, MismatchError, PeerLostError  # noqa: E402
@@ -274,3 +275,25 @@ def test_arena_never_reads_past_a_slot(n, mine, tag, desc, peers, peek, as_array
     finally:
         a.close()
     assert comm.checks <= 4  # every wait ends at the deadline, never later
+
+
+def test_rounds_that_end_while_yielding_grow_the_budget_back():
+    """The budget follows how waits end, both ways: rounds whose peers arrive within the yield
+    phase restore a budget that sleeping waits (those of large ops, say) had shrunk."""
+    n = 2
+    comm = _FakeComm(n, None)
+    comm.spin = WaitPolicy()
+    comm.spin.budget = waiting.SPIN_MIN_S
+    segs = _segments(n)
+    a = arena.Arena(comm, segs)  # type: ignore[arg-type]
+    x = np.zeros(1, np.float64)
+    try:
+        for k in range(1, 12):
+            # The peer has published this round already (slot k % 2, step k, same call).
+            off = (k % 2) * (arena._HDR + arena.SLOT_BYTES)
+            hdr = segs[1].area(arena.AREA)[off : off + arena._HDR].cast("I")
+            hdr[1], hdr[2], hdr[3], hdr[4], hdr[0] = 7, 9, 0, 8, k
+            a.exchange(7, 9, memoryview(x).cast("B"), 8)
+        assert comm.spin.budget == waiting.SPIN_MAX_S
+    finally:
+        a.close()

@@ -146,8 +146,10 @@ class Arena:
         try:
             budget = 0.0 if policy.polls is not None else policy.next_budget()
             st = self._look(slot, step, tag, desc, want, budget)
-            if st > 0 and budget:
-                policy.waited(False)
+            if budget:
+                # Both ways, as every wait does: a budget that only ever shrank (after the long
+                # waits of large ops, say) left small ops asleep for good, 10x slower.
+                policy.waited(st <= 0)
             while st > 0:
                 st = self._sleep_until(tag, desc, step, slot, want, len(mine))
         finally:
