@@ -26,7 +26,7 @@ from sideband.collective.comm.waiting import SLICE_S
 from sideband.collective.transports import _native
 from sideband.errors import MismatchError
 
-SLOT_BYTES = 8192  # payload of one slot: ops up to this size go through the arena
+SLOT_BYTES = 64 << 10  # payload of one slot: ops up to this size go through the arena
 _HDR = 64  # per slot: step @0, seq @4, desc @8, nbytes @16
 AREA = "arena"
 AREA_BYTES = 2 * (_HDR + SLOT_BYTES)  # two alternating slots per rank, in its shared segment
