@@ -105,13 +105,13 @@ class Arena:
         """:meth:`exchange` of ``x``, then ``out`` (None: this rank needs no result) = row
         ``row`` (of out's size) of every rank's part, reduced in rank order: by C straight from
         the slots where it has a loop for the reduction, else by ``reduce`` over views."""
-        parts = self.exchange(tag, desc, as_bytes(x), x.nbytes)
+        slot = self._round(tag, desc, x.data, x.nbytes)
         if out is None:
             return
         offset = row * out.nbytes
-        if _native.reduce_slots(self._table, self.k % 2, offset, SLOT_BYTES, reduce.code, out.data):
+        if _native.reduce_slots(self._table, slot, offset, SLOT_BYTES, reduce.code, out.data):
             return
-        views = self._views(parts, x.dtype)
+        views = self._views(self._parts(slot), x.dtype)
         out[...] = views[0][offset // x.itemsize :][: out.size]
         for v in views[1:]:
             reduce(out, v[offset // x.itemsize :][: out.size])
@@ -119,9 +119,9 @@ class Arena:
     def gathered(self, tag: int, desc: int, x: np.ndarray, out: np.ndarray | None) -> None:
         """:meth:`exchange` of ``x``, then every rank's part into the rows of ``out`` (n rows of
         x's size; None: this rank needs none), copied by C straight from the slots."""
-        self.exchange(tag, desc, as_bytes(x), x.nbytes)
+        slot = self._round(tag, desc, x.data, x.nbytes)
         if out is not None:
-            _native.gather_slots(self._table, self.k % 2, SLOT_BYTES, as_bytes(out))
+            _native.gather_slots(self._table, slot, SLOT_BYTES, as_bytes(out))
 
     def exchange(
         self, tag: int, desc: int, mine: memoryview, expect: int | None = None
@@ -131,6 +131,16 @@ class Arena:
         ``expect``: the size every part must have (a peer whose slot says otherwise raises).
         The round itself (publish, ring, poll then yield) runs in C (``_native``); a wait that
         outlasts the yield budget comes back here to check liveness and sleep."""
+        return self._parts(self._round(tag, desc, mine, -1 if expect is None else expect))
+
+    def _parts(self, slot: int) -> list[memoryview]:
+        """Every rank's part in ``slot`` after a round, at its checked size."""
+        sizes = self._sizes
+        return [self.data[p][slot][: sizes[p]] for p in range(self.n)]
+
+    def _round(self, tag: int, desc: int, mine: memoryview, expect: int) -> int:
+        """:meth:`exchange`'s round, with every part ``expect`` bytes (-1: any size); returns
+        the slot the parts are in."""
         comm, r = self.comm, self.rank
         self.k = k = self.k + 1
         step = k & 0xFFFFFFFF or 1  # never 0: 0 marks a slot being rewritten
@@ -139,24 +149,23 @@ class Arena:
         _native.publish(table, r, slot, step, tag, desc, mine, SLOT_BYTES)
         sizes = self._sizes
         sizes[:] = self._unseen
-        sizes[r] = len(mine)
-        want = -1 if expect is None else expect
+        sizes[r] = mine.nbytes
         policy = comm.spin
         self._inside = True
         try:
             budget = 0.0 if policy.polls is not None else policy.next_budget()
-            st = self._look(slot, step, tag, desc, want, budget)
+            st = self._look(slot, step, tag, desc, expect, budget)
             if budget:
                 # Both ways, as every wait does: a budget that only ever shrank (after the long
                 # waits of large ops, say) left small ops asleep for good, 10x slower.
                 policy.waited(st <= 0)
             while st > 0:
-                st = self._sleep_until(tag, desc, step, slot, want, len(mine))
+                st = self._sleep_until(tag, desc, step, slot, expect, mine.nbytes)
         finally:
             self._inside = False
         if st < 0:
-            self._mismatch(-st - 1, tag, len(mine), expect)
-        return [self.data[p][slot][: sizes[p]] for p in range(self.n)]
+            self._mismatch(-st - 1, tag, mine.nbytes, None if expect < 0 else expect)
+        return slot
 
     def _sleep_until(self, tag: int, desc: int, step: int, slot: int, want: int, n: int) -> int:
         """The slow path of a round: check liveness, then sleep on the doorbell once."""
