@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from sideband.collective.algorithms import arena
+from sideband.collective.runtime import reduce as red
 from sideband.collective.transports import _native, control
 
 _HDR = arena._HDR
@@ -229,9 +230,6 @@ def test_settle_leaves_a_cpu_outside_the_mask_alone():
         _native.settle(-1)
 
 
-_C_DTYPES = "float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
-
-
 def _hard_values(dtype: str, n: int, rank: int) -> np.ndarray:
     """Values where a careless loop differs from numpy: wrap-around, NaN, signed zeros."""
     rng = np.random.default_rng(rank)
@@ -247,10 +245,9 @@ def _hard_values(dtype: str, n: int, rank: int) -> np.ndarray:
     return rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
 
 
-@pytest.mark.parametrize("dtype", _C_DTYPES)
+@pytest.mark.parametrize("dtype", list(red._C_DTYPES))
 def test_reduce_slots_matches_numpy_bit_for_bit(ranks, dtype):
     from sideband import ReduceOp
-    from sideband.collective.runtime import reduce as red
 
     n, count = 3, 101
     r = ranks(n)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sideband.collective.algorithms.context import Reducer, as_bytes
+from sideband.collective.algorithms.context import Reducer
 from sideband.collective.comm.engine import Comm
 from sideband.collective.comm.framing import KIND_COLL
 from sideband.collective.comm.waiting import SLICE_S
@@ -121,7 +121,7 @@ class Arena:
         x's size; None: this rank needs none), copied by C straight from the slots."""
         slot = self._round(tag, desc, x.data, x.nbytes)
         if out is not None:
-            _native.gather_slots(self._table, slot, SLOT_BYTES, as_bytes(out))
+            _native.gather_slots(self._table, slot, SLOT_BYTES, out.data)
 
     def exchange(
         self, tag: int, desc: int, mine: memoryview, expect: int | None = None
@@ -160,14 +160,14 @@ class Arena:
                 # waits of large ops, say) left small ops asleep for good, 10x slower.
                 policy.waited(st <= 0)
             while st > 0:
-                st = self._sleep_until(tag, desc, step, slot, expect, mine.nbytes)
+                st = self._sleep_until(tag, desc, step, slot, expect)
         finally:
             self._inside = False
         if st < 0:
             self._mismatch(-st - 1, tag, mine.nbytes, None if expect < 0 else expect)
         return slot
 
-    def _sleep_until(self, tag: int, desc: int, step: int, slot: int, want: int, n: int) -> int:
+    def _sleep_until(self, tag: int, desc: int, step: int, slot: int, want: int) -> int:
         """The slow path of a round: check liveness, then sleep on the doorbell once."""
         comm, sizes = self.comm, self._sizes
         seen = comm.control.doorbell[0]

@@ -77,16 +77,21 @@ class Native:
 
         return self.ex.submit(label, desc, staged_body, aop, timeout_s, p2p, nbytes)
 
-    # -- array ops (arguments validated by the edge) ---------------------------------------------
-    def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
-        label, desc, f = self._meta(
-            ("allreduce", buf.dtype, buf.shape, rop._value_),
+    def _reducing(self, name: str, buf: Buffer, rop: ReduceOp, *dst: int) -> tuple[Any, ...]:
+        """(label, descriptor, reducer) of reducing op ``name`` on ``buf`` (``dst``: reduce's)."""
+        return self._meta(
+            (name, buf.dtype, buf.shape, rop._value_, *dst),
             lambda: (
-                f"allreduce({buf.dtype}{list(buf.shape)}, {rop.name})",
-                descriptor("allreduce", buf.dtype, buf.nbytes, rop.name),
+                f"{name}({buf.dtype}{list(buf.shape)}, {''.join(f'dst={d}, ' for d in dst)}"
+                f"{rop.name})",
+                descriptor(name, buf.dtype, buf.nbytes, rop.name, *dst),
                 red.reducer(rop, buf.dtype),
             ),
         )
+
+    # -- array ops (arguments validated by the edge) ---------------------------------------------
+    def allreduce(self, buf: Buffer, rop: ReduceOp, aop: bool, t: float | None) -> Any:
+        label, desc, f = self._reducing("allreduce", buf, rop)
         n = self.n
 
         def body(o: Op) -> Any:
@@ -98,14 +103,7 @@ class Native:
         return self._run(label, desc, body, (buf,), aop, t)
 
     def reduce(self, buf: Buffer, dst: int, rop: ReduceOp, aop: bool, t: float | None) -> Any:
-        label, desc, f = self._meta(
-            ("reduce", buf.dtype, buf.shape, rop._value_, dst),
-            lambda: (
-                f"reduce({buf.dtype}{list(buf.shape)}, dst={dst}, {rop.name})",
-                descriptor("reduce", buf.dtype, buf.nbytes, rop.name, dst),
-                red.reducer(rop, buf.dtype),
-            ),
-        )
+        label, desc, f = self._reducing("reduce", buf, rop, dst)
         me, n = self.rank, self.n
 
         def body(o: Op) -> Any:
@@ -196,14 +194,7 @@ class Native:
     def reduce_scatter(
         self, buf: Buffer, rop: ReduceOp, ob: Buffer, aop: bool, t: float | None
     ) -> Any:
-        label, desc, f = self._meta(
-            ("reduce_scatter", buf.dtype, buf.shape, rop._value_),
-            lambda: (
-                f"reduce_scatter({buf.dtype}{list(buf.shape)}, {rop.name})",
-                descriptor("reduce_scatter", buf.dtype, buf.nbytes, rop.name),
-                red.reducer(rop, buf.dtype),
-            ),
-        )
+        label, desc, f = self._reducing("reduce_scatter", buf, rop)
         n = self.n
 
         def body(o: Op) -> Any:

@@ -369,21 +369,33 @@ static int reduce_rows(const RankAddrs *t, Py_ssize_t ranks, Py_ssize_t slot, si
     return 0;
 }
 
+/* The (table, slot, ...) arguments the calls that read a finished round start with. */
+static int read_slot(PyObject *const *args, Py_ssize_t *ranks, const RankAddrs **t,
+                     Py_ssize_t *slot) {
+    if (read_table(args[0], ranks, t) < 0) return -1;
+    *slot = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred()) return -1;
+    if (*slot < 0 || *slot > 1) {
+        PyErr_SetString(PyExc_ValueError, "slot out of range");
+        return -1;
+    }
+    return 0;
+}
+
 /* reduce_slots(table, slot, offset, slot_bytes, code, out) -> bool: out = every rank's slot
  * bytes [offset, offset + len(out)) reduced in rank order by ``code`` (after a round in which
  * every part was checked to be at least that long). False, with out untouched, for a code
  * without a C loop or an out misaligned for its dtype: the caller reduces in numpy. */
 static PyObject *py_reduce_slots(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Py_ssize_t ranks;
+    Py_ssize_t ranks, slot;
     const RankAddrs *t;
-    if (!nargs_ok(n, 6, "reduce_slots") || read_table(args[0], &ranks, &t) < 0) return NULL;
-    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
+    if (!nargs_ok(n, 6, "reduce_slots") || read_slot(args, &ranks, &t, &slot) < 0) return NULL;
     Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
     Py_ssize_t slot_bytes = PyLong_AsSsize_t(args[3]);
     long code = PyLong_AsLong(args[4]);
     if (PyErr_Occurred()) return NULL;
-    if (slot < 0 || slot > 1 || offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "slot or offset out of range");
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset out of range");
         return NULL;
     }
     Py_buffer v;
@@ -405,16 +417,11 @@ static PyObject *py_reduce_slots(PyObject *self, PyObject *const *args, Py_ssize
 /* gather_slots(table, slot, slot_bytes, out): out = every rank's slot bytes [0, len(out) /
  * ranks), in rank order (after a round in which every part was checked to be that long). */
 static PyObject *py_gather_slots(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Py_ssize_t ranks;
+    Py_ssize_t ranks, slot;
     const RankAddrs *t;
-    if (!nargs_ok(n, 4, "gather_slots") || read_table(args[0], &ranks, &t) < 0) return NULL;
-    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
+    if (!nargs_ok(n, 4, "gather_slots") || read_slot(args, &ranks, &t, &slot) < 0) return NULL;
     Py_ssize_t slot_bytes = PyLong_AsSsize_t(args[2]);
     if (PyErr_Occurred()) return NULL;
-    if (slot < 0 || slot > 1) {
-        PyErr_SetString(PyExc_ValueError, "slot out of range");
-        return NULL;
-    }
     Py_buffer v;
     if (PyObject_GetBuffer(args[3], &v, PyBUF_WRITABLE) < 0) return NULL;
     if (v.len % ranks != 0 || v.len / ranks > slot_bytes) {
